@@ -1,0 +1,352 @@
+//! Configuration: one TOML file with `ASBB_*` environment overrides, validated at load.
+//!
+//! Where the file comes from: `--config`, else `ASBB_CONFIG`, else `/etc/asbb/asbb.toml`.
+//! An explicitly named file must exist; the default path falls back to the built-in defaults
+//! when absent. Every key can be overridden by `ASBB_<SECTION>_<KEY>` in upper case, e.g.
+//! `ASBB_DATABASE_URL`. Unknown keys are errors, so a typo never silently does nothing.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+use crate::db::{ConnectOptions, DbUrl, SqliteSync};
+use crate::domain::time::parse_span;
+
+/// Where asbb looks for its configuration when nothing names a file.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/asbb/asbb.toml";
+
+/// The commented default written by `asbb config init`. A test checks that it parses to
+/// [`Config::default`].
+pub const DEFAULT_CONFIG_TOML: &str = r#"# asbb configuration.
+#
+# Every key can be overridden from the environment as ASBB_<SECTION>_<KEY>, for example
+# ASBB_DATABASE_URL. Check a file with `asbb config validate`.
+
+[database]
+# Where the ledger lives. A file path (or sqlite://PATH) is the embedded SQLite database;
+# postgres://user:password@host/dbname is a PostgreSQL server that several clusters can share.
+url = "/var/lib/asbb/asbb.db"
+
+# How long a writer waits for the SQLite write lock before giving up, in milliseconds.
+busy_timeout_ms = 30000
+
+# SQLite durability: "full" syncs every commit to disk and survives a power loss; "normal"
+# (with the write-ahead log) survives a crashed process but may lose the last commits on a
+# power loss, and is several times faster. PostgreSQL ignores this.
+sqlite_synchronous = "full"
+
+[ledger]
+# Hold = estimate x this factor (1.2 holds 20 % more than the estimate).
+default_hold_buffer = "1.2"
+
+# How long a hold lives before `asbb recover` may expire it (90m, 12h, 7d, 2w).
+hold_lifetime = "7d"
+"#;
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// `[database]`.
+    pub database: DatabaseConfig,
+    /// `[ledger]`.
+    pub ledger: LedgerConfig,
+}
+
+/// `[database]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// A file path, `sqlite://PATH`, or `postgres://…`.
+    pub url: String,
+    /// SQLite busy timeout in milliseconds.
+    pub busy_timeout_ms: u64,
+    /// `full` or `normal`.
+    pub sqlite_synchronous: String,
+}
+
+/// `[ledger]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LedgerConfig {
+    /// Hold buffer factor, a decimal string.
+    pub default_hold_buffer: String,
+    /// Hold lifetime, a span like `7d`.
+    pub hold_lifetime: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config { database: DatabaseConfig::default(), ledger: LedgerConfig::default() }
+    }
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        DatabaseConfig {
+            url: "/var/lib/asbb/asbb.db".into(),
+            busy_timeout_ms: 30_000,
+            sqlite_synchronous: "full".into(),
+        }
+    }
+}
+
+impl Default for LedgerConfig {
+    fn default() -> Self {
+        LedgerConfig { default_hold_buffer: "1.2".into(), hold_lifetime: "7d".into() }
+    }
+}
+
+/// One problem with one key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// `section.key`.
+    pub key: String,
+    /// What is wrong and what would be right.
+    pub message: String,
+}
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The named file could not be read.
+    #[error("failed to read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has unknown keys or wrong types.
+    #[error("config file {path} is invalid: {message}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// The parser's message, naming the key and line.
+        message: String,
+    },
+    /// Values are out of range.
+    #[error("configuration is invalid:\n{}", .0.iter().map(|p| format!("  {}: {}", p.key, p.message)).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<Problem>),
+}
+
+/// A loaded configuration and where it came from.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    /// The values.
+    pub config: Config,
+    /// The file read, if any.
+    pub path: Option<PathBuf>,
+    /// Environment variables that overrode a key.
+    pub overrides: Vec<String>,
+}
+
+/// Every key as `(section, key)`, from the default's serialisation.
+pub fn keys() -> Vec<(String, String)> {
+    let v = toml::Value::try_from(Config::default()).expect("default config serialises");
+    let mut out = Vec::new();
+    if let toml::Value::Table(sections) = v {
+        for (section, table) in sections {
+            if let toml::Value::Table(t) = table {
+                out.extend(t.keys().map(|k| (section.clone(), k.clone())));
+            }
+        }
+    }
+    out
+}
+
+/// The environment variable that overrides `section.key`.
+pub fn env_name(section: &str, key: &str) -> String {
+    format!("ASBB_{}_{}", section.to_ascii_uppercase(), key.to_ascii_uppercase())
+}
+
+/// Loads the configuration. `explicit` is `--config`; `env` reads environment variables
+/// (injected so tests need not touch the process environment).
+pub fn load(explicit: Option<&Path>, env: &dyn Fn(&str) -> Option<String>) -> Result<Loaded, ConfigError> {
+    let named = explicit.map(Path::to_path_buf).or_else(|| env("ASBB_CONFIG").filter(|s| !s.is_empty()).map(PathBuf::from));
+    let (text, path) = match named {
+        Some(p) => {
+            let t = std::fs::read_to_string(&p).map_err(|source| ConfigError::Read { path: p.clone(), source })?;
+            (t, Some(p))
+        }
+        None => {
+            let p = PathBuf::from(DEFAULT_CONFIG_PATH);
+            match std::fs::read_to_string(&p) {
+                Ok(t) => (t, Some(p)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => (String::new(), None),
+                Err(source) => return Err(ConfigError::Read { path: p, source }),
+            }
+        }
+    };
+    let origin = path.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "(built-in defaults)".into());
+    let mut value: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::Parse { path: origin.clone(), message: e.to_string() })?;
+    let defaults = toml::Value::try_from(Config::default()).expect("default config serialises");
+    let mut overrides = Vec::new();
+    for (section, key) in keys() {
+        let name = env_name(&section, &key);
+        let Some(raw) = env(&name) else { continue };
+        let default_is_int = defaults.get(&section).and_then(|s| s.get(&key)).is_some_and(toml::Value::is_integer);
+        let v = if default_is_int {
+            match raw.trim().parse::<i64>() {
+                Ok(i) => toml::Value::Integer(i),
+                Err(_) => {
+                    return Err(ConfigError::Invalid(vec![Problem {
+                        key: format!("{section}.{key}"),
+                        message: format!("{name}='{raw}' is not a whole number"),
+                    }]))
+                }
+            }
+        } else {
+            toml::Value::String(raw)
+        };
+        let table = value.entry(section.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        if let toml::Value::Table(t) = table {
+            t.insert(key.clone(), v);
+        }
+        overrides.push(name);
+    }
+    let config: Config = toml::Value::Table(value)
+        .try_into()
+        .map_err(|e: toml::de::Error| ConfigError::Parse { path: origin, message: e.to_string() })?;
+    let problems = config.problems();
+    if !problems.is_empty() {
+        return Err(ConfigError::Invalid(problems));
+    }
+    Ok(Loaded { config, path, overrides })
+}
+
+impl Config {
+    /// Every out-of-range value, each naming its key.
+    pub fn problems(&self) -> Vec<Problem> {
+        let mut out = Vec::new();
+        let mut bad = |key: &str, message: String| out.push(Problem { key: key.into(), message });
+        if let Err(e) = DbUrl::parse(&self.database.url) {
+            bad("database.url", e.to_string());
+        }
+        if !(1..=600_000).contains(&self.database.busy_timeout_ms) {
+            bad("database.busy_timeout_ms", format!("{} is outside 1..=600000", self.database.busy_timeout_ms));
+        }
+        if self.sqlite_sync().is_none() {
+            bad("database.sqlite_synchronous", format!("'{}' is neither \"full\" nor \"normal\"", self.database.sqlite_synchronous));
+        }
+        match Decimal::from_str(self.ledger.default_hold_buffer.trim()) {
+            Ok(d) if d >= Decimal::ONE && d <= Decimal::from(100) => {}
+            _ => bad(
+                "ledger.default_hold_buffer",
+                format!("'{}' must be a decimal between 1 and 100, like \"1.2\"", self.ledger.default_hold_buffer),
+            ),
+        }
+        if let Err(e) = parse_span(&self.ledger.hold_lifetime) {
+            bad("ledger.hold_lifetime", e.to_string());
+        }
+        out
+    }
+
+    fn sqlite_sync(&self) -> Option<SqliteSync> {
+        match self.database.sqlite_synchronous.to_ascii_lowercase().as_str() {
+            "full" => Some(SqliteSync::Full),
+            "normal" => Some(SqliteSync::Normal),
+            _ => None,
+        }
+    }
+
+    /// Connection options from `[database]`.
+    pub fn connect_options(&self) -> ConnectOptions {
+        ConnectOptions {
+            busy_timeout: Duration::from_millis(self.database.busy_timeout_ms),
+            sqlite_synchronous: self.sqlite_sync().unwrap_or(SqliteSync::Full),
+        }
+    }
+
+    /// The hold buffer (validated at load).
+    pub fn hold_buffer(&self) -> Decimal {
+        Decimal::from_str(self.ledger.default_hold_buffer.trim()).unwrap_or(Decimal::new(12, 1))
+    }
+
+    /// The hold lifetime (validated at load).
+    pub fn hold_lifetime(&self) -> chrono::Duration {
+        parse_span(&self.ledger.hold_lifetime).unwrap_or(chrono::Duration::days(7))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let m: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        move |k| m.get(k).cloned()
+    }
+
+    fn write(text: &str) -> tempfile::NamedTempFile {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), text).unwrap();
+        f
+    }
+
+    #[test]
+    fn the_commented_default_is_the_default() {
+        let parsed: Config = toml::from_str(DEFAULT_CONFIG_TOML).unwrap();
+        assert_eq!(parsed, Config::default());
+        assert!(Config::default().problems().is_empty());
+    }
+
+    #[test]
+    fn env_overrides_win_over_the_file() {
+        let f = write("[database]\nurl = \"/a.db\"\nbusy_timeout_ms = 10\n");
+        let l = load(Some(f.path()), &env_of(&[("ASBB_DATABASE_URL", "/b.db"), ("ASBB_DATABASE_BUSY_TIMEOUT_MS", "77")])).unwrap();
+        assert_eq!(l.config.database.url, "/b.db");
+        assert_eq!(l.config.database.busy_timeout_ms, 77);
+        assert_eq!(l.overrides.len(), 2);
+    }
+
+    #[test]
+    fn asbb_config_names_the_file() {
+        let f = write("[ledger]\nhold_lifetime = \"2d\"\n");
+        let l = load(None, &env_of(&[("ASBB_CONFIG", f.path().to_str().unwrap())])).unwrap();
+        assert_eq!(l.config.ledger.hold_lifetime, "2d");
+        assert_eq!(l.config.database, DatabaseConfig::default());
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let f = write("[database]\nurll = \"x\"\n");
+        let e = load(Some(f.path()), &env_of(&[])).unwrap_err().to_string();
+        assert!(e.contains("urll"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let f = write("[database]\nurl = \"mysql://x\"\nsqlite_synchronous = \"off\"\n[ledger]\ndefault_hold_buffer = \"0.5\"\nhold_lifetime = \"forever\"\n");
+        let e = load(Some(f.path()), &env_of(&[])).unwrap_err();
+        let ConfigError::Invalid(problems) = e else { panic!("{e}") };
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(keys, ["database.url", "database.sqlite_synchronous", "ledger.default_hold_buffer", "ledger.hold_lifetime"]);
+    }
+
+    #[test]
+    fn a_missing_named_file_is_an_error() {
+        let e = load(Some(Path::new("/nonexistent/asbb.toml")), &env_of(&[])).unwrap_err();
+        assert!(matches!(e, ConfigError::Read { .. }));
+    }
+
+    #[test]
+    fn a_non_numeric_env_override_is_named() {
+        let e = load(None, &env_of(&[("ASBB_CONFIG", write("").path().to_str().unwrap()), ("ASBB_DATABASE_BUSY_TIMEOUT_MS", "soon")]));
+        // The temp file is dropped right away, so either the read fails or the override does;
+        // both must name what is wrong.
+        let msg = e.unwrap_err().to_string();
+        assert!(msg.contains("ASBB_DATABASE_BUSY_TIMEOUT_MS") || msg.contains("failed to read"), "{msg}");
+    }
+
+    #[test]
+    fn every_key_has_an_env_name() {
+        let names: Vec<String> = keys().iter().map(|(s, k)| env_name(s, k)).collect();
+        assert!(names.contains(&"ASBB_DATABASE_URL".to_string()));
+        assert!(names.contains(&"ASBB_LEDGER_HOLD_LIFETIME".to_string()));
+    }
+}

@@ -1,0 +1,275 @@
+//! `asbb audit verify`: replays the journal and compares it with everything derived from it.
+//!
+//! For each account, in one consistent snapshot: the hash chain is recomputed from the genesis
+//! hash; sequence numbers must be gapless; each entry's effect must obey the rules of its kind;
+//! the sums of effects must equal the cached balances of the account and of each partition; and
+//! every hold must agree with its entries (one hold entry, at most one resolution, nothing left
+//! held once resolved).
+
+use std::collections::{BTreeMap, HashMap};
+
+use diesel::prelude::*;
+use serde::Serialize;
+
+use super::models::{AccountRow, HoldRow, JournalRow, PartitionRow};
+use super::schema::{account_partitions, accounts, holds, journal};
+use super::DbConn;
+use crate::db::ledger::LedgerError;
+use crate::domain::ledger::{entry_hash, genesis_hash, Balances, ChainFields, EntryKind, HoldState};
+use crate::domain::time::from_naive;
+use crate::domain::UsdMicros;
+
+/// Entries read per query: bounds memory while replaying millions of entries.
+pub const AUDIT_PAGE_ROWS: i64 = 5_000;
+
+/// One thing that does not add up.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Discrepancy {
+    /// Account name.
+    pub account: String,
+    /// Machine-readable kind: `chain_broken`, `hash_mismatch`, `seq_gap`, `bad_effect`,
+    /// `balance_mismatch`, `partition_mismatch`, `hold_mismatch`.
+    pub kind: &'static str,
+    /// Entry id, when the problem is one entry.
+    pub entry_id: Option<i64>,
+    /// Hold id, when the problem is one hold.
+    pub hold_id: Option<i64>,
+    /// What was expected and what was found.
+    pub detail: String,
+}
+
+/// The result of a verification.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct AuditReport {
+    /// Accounts checked.
+    pub accounts: u64,
+    /// Entries replayed.
+    pub entries: u64,
+    /// Holds checked.
+    pub holds: u64,
+    /// Everything that did not add up.
+    pub discrepancies: Vec<Discrepancy>,
+}
+
+impl AuditReport {
+    /// Whether the ledger is consistent.
+    pub fn is_clean(&self) -> bool {
+        self.discrepancies.is_empty()
+    }
+}
+
+#[derive(Default)]
+struct HoldTally {
+    held: i64,
+    hold_entries: u32,
+    hold_amount: i64,
+    charges: u32,
+    releases: u32,
+    expiries: u32,
+}
+
+/// Verifies every account (or one). `progress` is called with the number of entries replayed
+/// so far, for a progress bar.
+pub fn verify(conn: &mut DbConn, only: Option<&str>, progress: &mut dyn FnMut(u64)) -> Result<AuditReport, LedgerError> {
+    let mut q = accounts::table.select(accounts::id).order(accounts::id).into_boxed();
+    if let Some(name) = only {
+        q = q.filter(accounts::name.eq(name));
+    }
+    let ids: Vec<i64> = q.load(conn)?;
+    if let (Some(name), true) = (only, ids.is_empty()) {
+        return Err(LedgerError::UnknownAccount(name.to_string()));
+    }
+    let mut report = AuditReport::default();
+    for id in ids {
+        verify_account(conn, id, &mut report, progress)?;
+    }
+    Ok(report)
+}
+
+fn verify_account(conn: &mut DbConn, id: i64, report: &mut AuditReport, progress: &mut dyn FnMut(u64)) -> Result<(), LedgerError> {
+    // One snapshot per account, so a concurrent writer cannot make the sums disagree.
+    let snapshot_begin = match conn {
+        DbConn::Postgres(_) => "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
+        DbConn::Sqlite(_) => "BEGIN DEFERRED",
+    };
+    use diesel::connection::{AnsiTransactionManager, TransactionManager};
+    match conn {
+        DbConn::Sqlite(c) => AnsiTransactionManager::begin_transaction_sql(c, snapshot_begin)?,
+        DbConn::Postgres(c) => AnsiTransactionManager::begin_transaction_sql(c, snapshot_begin)?,
+    }
+    let result = verify_account_in_snapshot(conn, id, report, progress);
+    // Read-only: nothing to commit; ending the transaction either way is enough.
+    let _ = <DbConn as Connection>::TransactionManager::rollback_transaction(conn);
+    result
+}
+
+fn verify_account_in_snapshot(conn: &mut DbConn, id: i64, report: &mut AuditReport, progress: &mut dyn FnMut(u64)) -> Result<(), LedgerError> {
+    let acct: AccountRow = accounts::table.find(id).select(AccountRow::as_select()).first(conn)?;
+    report.accounts += 1;
+    let name = acct.name.clone();
+    let mut found = |kind: &'static str, entry_id: Option<i64>, hold_id: Option<i64>, detail: String| {
+        report.discrepancies.push(Discrepancy { account: name.clone(), kind, entry_id, hold_id, detail });
+    };
+    let mut head = genesis_hash(&acct.name);
+    let mut expect_seq = 1i64;
+    let mut sums = Balances::default();
+    let mut parts: BTreeMap<String, (i64, i64)> = BTreeMap::new();
+    let mut tallies: HashMap<i64, HoldTally> = HashMap::new();
+    let mut after = 0i64;
+    loop {
+        let page: Vec<JournalRow> = journal::table
+            .filter(journal::account_id.eq(id))
+            .filter(journal::seq.gt(after))
+            .order(journal::seq)
+            .limit(AUDIT_PAGE_ROWS)
+            .select(JournalRow::as_select())
+            .load(conn)?;
+        let Some(last) = page.last() else { break };
+        after = last.seq;
+        for e in &page {
+            if e.seq != expect_seq {
+                found("seq_gap", Some(e.id), None, format!("expected entry #{expect_seq}, found #{}", e.seq));
+                expect_seq = e.seq;
+            }
+            expect_seq += 1;
+            if e.prev_hash != head {
+                found("chain_broken", Some(e.id), None, format!("entry #{} links to {} but the previous hash is {head}", e.seq, short(&e.prev_hash)));
+            }
+            let kind: Option<EntryKind> = e.kind.parse().ok();
+            let amount = UsdMicros::from_stored(e.amount_micros);
+            match kind {
+                Some(kind) => {
+                    let recomputed = entry_hash(&ChainFields {
+                        account: &acct.name,
+                        seq: e.seq,
+                        kind,
+                        amount,
+                        effect: e.effect(),
+                        hold_id: e.hold_id,
+                        job_id: e.job_id.as_deref(),
+                        cluster: e.cluster.as_deref(),
+                        partition: e.partition.as_deref(),
+                        user_name: e.user_name.as_deref(),
+                        actor: &e.actor,
+                        reason: &e.reason,
+                        flags: &e.flags,
+                        idempotency_key: &e.idempotency_key,
+                        effective_at: from_naive(e.effective_at),
+                        recorded_at: from_naive(e.recorded_at),
+                        prev_hash: &e.prev_hash,
+                    });
+                    if recomputed != e.hash {
+                        found("hash_mismatch", Some(e.id), None, format!("entry #{} hashes to {} but stores {}; it was altered", e.seq, short(&recomputed), short(&e.hash)));
+                    }
+                    if let Err(err) = e.effect().check(kind, amount) {
+                        found("bad_effect", Some(e.id), None, err.to_string());
+                    }
+                    if let Some(h) = e.hold_id {
+                        let t = tallies.entry(h).or_default();
+                        t.held += e.held_delta_micros;
+                        match kind {
+                            EntryKind::Hold => {
+                                t.hold_entries += 1;
+                                t.hold_amount = e.amount_micros;
+                            }
+                            EntryKind::Charge => t.charges += 1,
+                            EntryKind::Release => t.releases += 1,
+                            EntryKind::Expiry => t.expiries += 1,
+                            _ => {}
+                        }
+                    }
+                }
+                None => found("bad_effect", Some(e.id), None, format!("unknown entry kind '{}'", e.kind)),
+            }
+            match sums.apply(e.effect()) {
+                Ok(s) => sums = s,
+                Err(err) => found("balance_mismatch", Some(e.id), None, format!("sum overflows: {err}")),
+            }
+            if let Some(p) = &e.partition {
+                let slot = parts.entry(p.clone()).or_default();
+                slot.0 += e.charged_delta_micros;
+                slot.1 += e.held_delta_micros;
+            }
+            head = e.hash.clone();
+        }
+        report.entries += page.len() as u64;
+        progress(report.entries);
+    }
+    if expect_seq - 1 != acct.entry_count {
+        found("seq_gap", None, None, format!("account records {} entries, journal has {}", acct.entry_count, expect_seq - 1));
+    }
+    if head != acct.chain_head {
+        found("chain_broken", None, None, format!("account's chain head is {} but the last entry hashes to {}", short(&acct.chain_head), short(&head)));
+    }
+    let cached = acct.balances();
+    for (what, journal_sum, cache) in [
+        ("credited", sums.credited, cached.credited),
+        ("charged", sums.charged, cached.charged),
+        ("held", sums.held, cached.held),
+    ] {
+        if journal_sum != cache {
+            found("balance_mismatch", None, None, format!("{what}: journal sums to ${journal_sum}, account says ${cache}"));
+        }
+    }
+    let part_rows: Vec<PartitionRow> = account_partitions::table
+        .filter(account_partitions::account_id.eq(id))
+        .select(PartitionRow::as_select())
+        .load(conn)?;
+    let mut seen = std::collections::BTreeSet::new();
+    for r in &part_rows {
+        seen.insert(r.partition.clone());
+        let (c, h) = parts.get(&r.partition).copied().unwrap_or_default();
+        if (c, h) != (r.charged_micros, r.held_micros) {
+            found(
+                "partition_mismatch",
+                None,
+                None,
+                format!(
+                    "partition '{}': journal has charged ${} held ${}, cache says charged ${} held ${}",
+                    r.partition,
+                    UsdMicros::from_stored(c),
+                    UsdMicros::from_stored(h),
+                    UsdMicros::from_stored(r.charged_micros),
+                    UsdMicros::from_stored(r.held_micros)
+                ),
+            );
+        }
+    }
+    for (p, (c, h)) in &parts {
+        if !seen.contains(p) && (*c != 0 || *h != 0) {
+            found("partition_mismatch", None, None, format!("partition '{p}' has journal entries but no cached balance"));
+        }
+    }
+    let hold_rows: Vec<HoldRow> = holds::table.filter(holds::account_id.eq(id)).select(HoldRow::as_select()).load(conn)?;
+    for h in &hold_rows {
+        report.holds += 1;
+        let t = tallies.remove(&h.id).unwrap_or_default();
+        let mut bad = |detail: String| found("hold_mismatch", None, Some(h.id), format!("hold-{}: {detail}", h.id));
+        if t.hold_entries != 1 || t.hold_amount != h.amount_micros {
+            bad(format!("expected one hold entry of ${}, found {} entries", UsdMicros::from_stored(h.amount_micros), t.hold_entries));
+        }
+        if t.held != h.remaining_micros {
+            bad(format!("journal still holds ${}, hold says ${}", UsdMicros::from_stored(t.held), UsdMicros::from_stored(h.remaining_micros)));
+        }
+        let ok = match h.state() {
+            HoldState::Open => t.charges == 0 && t.releases == 0 && t.expiries == 0,
+            HoldState::Charged => t.charges == 1 && t.releases <= 1 && t.expiries == 0 && h.remaining_micros == 0,
+            HoldState::Released => t.charges == 0 && t.releases == 1 && t.expiries == 0 && h.remaining_micros == 0,
+            HoldState::Expired => t.charges == 0 && t.releases == 0 && t.expiries == 1 && h.remaining_micros == 0,
+        };
+        if !ok {
+            bad(format!(
+                "state {} does not match its entries ({} charge, {} release, {} expiry)",
+                h.state, t.charges, t.releases, t.expiries
+            ));
+        }
+    }
+    for (hold_id, _) in tallies {
+        found("hold_mismatch", None, Some(hold_id), format!("entries link hold-{hold_id}, which is not a hold of this account"));
+    }
+    Ok(())
+}
+
+fn short(hash: &str) -> &str {
+    hash.get(..12).unwrap_or(hash)
+}

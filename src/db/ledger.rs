@@ -1,0 +1,1163 @@
+//! Ledger operations. Each is one transaction and idempotent: a retry with the same
+//! idempotency key and the same request returns the first result; the same key with another
+//! request is an error.
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use rust_decimal::Decimal;
+
+use super::models::{
+    Account, AccountRow, Entry, Hold, HoldRow, JournalRow, NewAccountChangeRow, NewAccountRow, NewHoldRow,
+    NewJournalRow, PartitionRow,
+};
+use super::schema::{account_changes, account_partitions, accounts, holds, journal};
+use super::{write_transaction, DbConn};
+use crate::domain::ledger::{
+    decide_hold, entry_hash, genesis_hash, request_digest, settle, AccountStatus, ChainFields, Denial, DenyReason,
+    Effect, EntryKind, HoldContext, HoldState, PartitionUse,
+};
+use crate::domain::money::MoneyError;
+use crate::domain::time::{to_naive, truncate_micros};
+use crate::domain::{AccountName, PartitionName, UsdMicros};
+
+/// Longest free-text reason or description stored.
+pub const TEXT_LEN_MAX: usize = 1000;
+
+/// Longest idempotency key accepted.
+pub const KEY_LEN_MAX: usize = 200;
+
+/// Who acts, and when: every operation takes time as a parameter and never reads the clock.
+#[derive(Debug, Clone)]
+pub struct OpContext {
+    /// Who makes the change (a user name, or a service like `asbb-checkd`).
+    pub actor: String,
+    /// When the change takes effect (`--as-of`).
+    pub effective_at: DateTime<Utc>,
+    /// When it is recorded (the caller's wall clock).
+    pub recorded_at: DateTime<Utc>,
+}
+
+impl OpContext {
+    /// A context whose effect and record times are the same instant.
+    pub fn at(actor: &str, at: DateTime<Utc>) -> OpContext {
+        let at = truncate_micros(at);
+        OpContext { actor: actor.to_string(), effective_at: at, recorded_at: at }
+    }
+}
+
+/// What can go wrong in a ledger operation.
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    /// No account of that name.
+    #[error("no budget account named '{0}' (see `asbb account list`)")]
+    UnknownAccount(String),
+    /// The account name is taken.
+    #[error("budget account '{0}' already exists (see `asbb account show {0}`)")]
+    AccountExists(String),
+    /// No hold of that id.
+    #[error("no hold hold-{0} (see `asbb hold list`)")]
+    UnknownHold(i64),
+    /// The hold was resolved before.
+    #[error("hold hold-{id} is already {state}; a hold resolves exactly once")]
+    HoldResolved {
+        /// Hold id.
+        id: i64,
+        /// Its state.
+        state: HoldState,
+    },
+    /// An idempotency key was reused for a different request.
+    #[error("idempotency key '{key}' was already used for a different request (entry {entry}); use a new key")]
+    IdempotencyConflict {
+        /// The key.
+        key: String,
+        /// The entry that used it first.
+        entry: i64,
+    },
+    /// A hold was refused.
+    #[error("{0}")]
+    Denied(Denial),
+    /// The account's state forbids the operation.
+    #[error("budget account '{account}' is {status}; {what}")]
+    AccountState {
+        /// Account name.
+        account: String,
+        /// Its status.
+        status: AccountStatus,
+        /// What was refused, and what to do.
+        what: String,
+    },
+    /// An argument is invalid; names the field.
+    #[error("{field}: {message}")]
+    Invalid {
+        /// The flag or field to fix.
+        field: &'static str,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// The account has history and cannot be deleted.
+    #[error("budget account '{account}' has {entries} journal entries; accounts that have held money are never deleted, close it instead with `asbb account close {account}`")]
+    HasHistory {
+        /// Account name.
+        account: String,
+        /// Number of entries.
+        entries: i64,
+    },
+    /// Arithmetic on money overflowed.
+    #[error("amount out of range: {0}")]
+    Money(#[from] MoneyError),
+    /// The database failed.
+    #[error("database error: {0}")]
+    Db(#[from] diesel::result::Error),
+}
+
+impl LedgerError {
+    fn invalid(field: &'static str, message: impl Into<String>) -> LedgerError {
+        LedgerError::Invalid { field, message: message.into() }
+    }
+}
+
+fn check_text(field: &'static str, text: &str) -> Result<(), LedgerError> {
+    if text.len() > TEXT_LEN_MAX {
+        return Err(LedgerError::invalid(field, format!("longer than {TEXT_LEN_MAX} bytes")));
+    }
+    if text.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
+        return Err(LedgerError::invalid(field, "contains control characters"));
+    }
+    Ok(())
+}
+
+fn check_key(key: &str) -> Result<(), LedgerError> {
+    if key.is_empty() || key.len() > KEY_LEN_MAX || key.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(LedgerError::invalid(
+            "--idempotency-key",
+            format!("must be 1 to {KEY_LEN_MAX} printable characters without spaces"),
+        ));
+    }
+    Ok(())
+}
+
+/// A new account.
+#[derive(Debug, Clone)]
+pub struct NewAccount {
+    /// SLURM account name.
+    pub name: AccountName,
+    /// Display name.
+    pub display_name: String,
+    /// Free text.
+    pub description: String,
+    /// Start of the active period.
+    pub starts_at: DateTime<Utc>,
+    /// End (exclusive).
+    pub ends_at: DateTime<Utc>,
+    /// Overdraft limit.
+    pub overdraft: UsdMicros,
+    /// Initial budget, credited as the account's first entry when non-zero.
+    pub budget: UsdMicros,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Locking and appending
+
+/// Reads the account row and, on PostgreSQL, locks it for the rest of the transaction.
+/// (On SQLite the whole database is already locked by `BEGIN IMMEDIATE`.)
+fn lock_account(conn: &mut DbConn, name: &str) -> Result<AccountRow, LedgerError> {
+    let row = match conn {
+        DbConn::Postgres(c) => accounts::table
+            .filter(accounts::name.eq(name))
+            .select(AccountRow::as_select())
+            .for_update()
+            .first(c)
+            .optional()?,
+        DbConn::Sqlite(c) => accounts::table
+            .filter(accounts::name.eq(name))
+            .select(AccountRow::as_select())
+            .first(c)
+            .optional()?,
+    };
+    row.ok_or_else(|| LedgerError::UnknownAccount(name.to_string()))
+}
+
+fn lock_account_by_id(conn: &mut DbConn, id: i64) -> Result<AccountRow, LedgerError> {
+    Ok(match conn {
+        DbConn::Postgres(c) => accounts::table.find(id).select(AccountRow::as_select()).for_update().first(c)?,
+        DbConn::Sqlite(c) => accounts::table.find(id).select(AccountRow::as_select()).first(c)?,
+    })
+}
+
+fn load_hold(conn: &mut DbConn, id: i64) -> Result<HoldRow, LedgerError> {
+    holds::table
+        .find(id)
+        .select(HoldRow::as_select())
+        .first(conn)
+        .optional()?
+        .ok_or(LedgerError::UnknownHold(id))
+}
+
+fn find_entry_by_key(conn: &mut DbConn, key: &str) -> Result<Option<JournalRow>, LedgerError> {
+    Ok(journal::table
+        .filter(journal::idempotency_key.eq(key))
+        .select(JournalRow::as_select())
+        .first(conn)
+        .optional()?)
+}
+
+/// Looks for a previous use of `key`: `Some(entry)` for a replay of the same request, an error
+/// for a different request, `None` when the key is new.
+fn replay(conn: &mut DbConn, key: &str, digest: &str) -> Result<Option<JournalRow>, LedgerError> {
+    match find_entry_by_key(conn, key)? {
+        Some(e) if e.request_digest == digest => Ok(Some(e)),
+        Some(e) => Err(LedgerError::IdempotencyConflict { key: key.to_string(), entry: e.id }),
+        None => Ok(None),
+    }
+}
+
+struct Pending<'a> {
+    kind: EntryKind,
+    amount: UsdMicros,
+    effect: Effect,
+    hold_id: Option<i64>,
+    cluster: Option<&'a str>,
+    job_id: Option<&'a str>,
+    partition: Option<&'a str>,
+    user_name: Option<&'a str>,
+    reason: &'a str,
+    flags: &'a str,
+    key: &'a str,
+    digest: &'a str,
+}
+
+impl<'a> Pending<'a> {
+    fn simple(kind: EntryKind, amount: UsdMicros, reason: &'a str, key: &'a str, digest: &'a str) -> Result<Self, LedgerError> {
+        Ok(Pending {
+            kind,
+            amount,
+            effect: Effect::simple(kind, amount)?,
+            hold_id: None,
+            cluster: None,
+            job_id: None,
+            partition: None,
+            user_name: None,
+            reason,
+            flags: "",
+            key,
+            digest,
+        })
+    }
+}
+
+/// Appends one entry to the account's chain and applies it to the in-memory row; the caller
+/// saves the row with [`save_account`] before committing.
+fn append(conn: &mut DbConn, ctx: &OpContext, acct: &mut AccountRow, p: &Pending<'_>) -> Result<JournalRow, LedgerError> {
+    // A violated kind rule is a programming error in this module, never bad input.
+    assert!(p.effect.check(p.kind, p.amount).is_ok(), "entry effect breaks the rules of {}", p.kind);
+    let balances = acct.balances().apply(p.effect)?;
+    let seq = acct.entry_count + 1;
+    let hash = entry_hash(&ChainFields {
+        account: &acct.name,
+        seq,
+        kind: p.kind,
+        amount: p.amount,
+        effect: p.effect,
+        hold_id: p.hold_id,
+        job_id: p.job_id,
+        cluster: p.cluster,
+        partition: p.partition,
+        user_name: p.user_name,
+        actor: &ctx.actor,
+        reason: p.reason,
+        flags: p.flags,
+        idempotency_key: p.key,
+        effective_at: ctx.effective_at,
+        recorded_at: ctx.recorded_at,
+        prev_hash: &acct.chain_head,
+    });
+    let id: i64 = diesel::insert_into(journal::table)
+        .values(NewJournalRow {
+            account_id: acct.id,
+            seq,
+            kind: p.kind.as_str(),
+            amount_micros: p.amount.micros(),
+            credited_delta_micros: p.effect.credited.micros(),
+            charged_delta_micros: p.effect.charged.micros(),
+            held_delta_micros: p.effect.held.micros(),
+            hold_id: p.hold_id,
+            cluster: p.cluster,
+            job_id: p.job_id,
+            partition: p.partition,
+            user_name: p.user_name,
+            actor: &ctx.actor,
+            reason: p.reason,
+            flags: p.flags,
+            idempotency_key: p.key,
+            request_digest: p.digest,
+            effective_at: to_naive(ctx.effective_at),
+            recorded_at: to_naive(ctx.recorded_at),
+            prev_hash: &acct.chain_head,
+            hash: &hash,
+        })
+        .returning(journal::id)
+        .get_result(conn)?;
+    let row = journal::table.find(id).select(JournalRow::as_select()).first(conn)?;
+    if let Some(part) = p.partition {
+        if !p.effect.charged.is_zero() || !p.effect.held.is_zero() {
+            bump_partition(conn, ctx, acct.id, part, p.effect)?;
+        }
+    }
+    acct.entry_count = seq;
+    acct.chain_head = hash;
+    acct.credited_micros = balances.credited.micros();
+    acct.charged_micros = balances.charged.micros();
+    acct.held_micros = balances.held.micros();
+    Ok(row)
+}
+
+fn bump_partition(conn: &mut DbConn, ctx: &OpContext, account_id: i64, part: &str, e: Effect) -> Result<(), LedgerError> {
+    let key = (account_id, part.to_string());
+    let existing = account_partitions::table
+        .find(key)
+        .select(PartitionRow::as_select())
+        .first(conn)
+        .optional()?;
+    let now = to_naive(ctx.recorded_at);
+    match existing {
+        Some(r) => {
+            diesel::update(account_partitions::table.find((account_id, part)))
+                .set((
+                    account_partitions::charged_micros.eq(UsdMicros::from_stored(r.charged_micros).checked_add(e.charged)?.micros()),
+                    account_partitions::held_micros.eq(UsdMicros::from_stored(r.held_micros).checked_add(e.held)?.micros()),
+                    account_partitions::updated_at.eq(now),
+                ))
+                .execute(conn)?;
+        }
+        None => {
+            diesel::insert_into(account_partitions::table)
+                .values((
+                    account_partitions::account_id.eq(account_id),
+                    account_partitions::partition.eq(part),
+                    account_partitions::limit_micros.eq(None::<i64>),
+                    account_partitions::charged_micros.eq(e.charged.micros()),
+                    account_partitions::held_micros.eq(e.held.micros()),
+                    account_partitions::updated_at.eq(now),
+                ))
+                .execute(conn)?;
+        }
+    }
+    Ok(())
+}
+
+fn save_account(conn: &mut DbConn, ctx: &OpContext, acct: &AccountRow) -> Result<(), LedgerError> {
+    diesel::update(accounts::table.find(acct.id))
+        .set((
+            accounts::credited_micros.eq(acct.credited_micros),
+            accounts::charged_micros.eq(acct.charged_micros),
+            accounts::held_micros.eq(acct.held_micros),
+            accounts::entry_count.eq(acct.entry_count),
+            accounts::chain_head.eq(&acct.chain_head),
+            accounts::updated_at.eq(to_naive(ctx.recorded_at)),
+        ))
+        .execute(conn)?;
+    Ok(())
+}
+
+fn account_name_of(conn: &mut DbConn, id: i64) -> Result<String, LedgerError> {
+    Ok(accounts::table.find(id).select(accounts::name).first(conn)?)
+}
+
+fn entry_record(conn: &mut DbConn, row: &JournalRow) -> Result<Entry, LedgerError> {
+    let name = account_name_of(conn, row.account_id)?;
+    Ok(row.to_record(&name, None))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Accounts
+
+/// Creates an account and credits its initial budget.
+pub fn create_account(conn: &mut DbConn, ctx: &OpContext, new: &NewAccount) -> Result<Account, LedgerError> {
+    if new.display_name.trim().is_empty() {
+        return Err(LedgerError::invalid("--name", "the display name is empty"));
+    }
+    check_text("--name", &new.display_name)?;
+    check_text("--description", &new.description)?;
+    if new.ends_at <= new.starts_at {
+        return Err(LedgerError::invalid(
+            "--end",
+            format!("the end ({}) must be after the start ({})", new.ends_at.to_rfc3339(), new.starts_at.to_rfc3339()),
+        ));
+    }
+    new.budget.non_negative().map_err(|e| LedgerError::invalid("--budget", e.to_string()))?;
+    new.overdraft.non_negative().map_err(|e| LedgerError::invalid("--overdraft", e.to_string()))?;
+    let name = new.name.as_str();
+    write_transaction(conn, |conn| {
+        let exists = accounts::table
+            .filter(accounts::name.eq(name))
+            .count()
+            .get_result::<i64>(conn)?;
+        if exists > 0 {
+            return Err(LedgerError::AccountExists(name.to_string()));
+        }
+        let now = to_naive(ctx.recorded_at);
+        let genesis = genesis_hash(name);
+        let id: i64 = diesel::insert_into(accounts::table)
+            .values(NewAccountRow {
+                name,
+                display_name: new.display_name.trim(),
+                description: &new.description,
+                starts_at: to_naive(new.starts_at),
+                ends_at: to_naive(new.ends_at),
+                status: AccountStatus::Active.as_str(),
+                overdraft_micros: new.overdraft.micros(),
+                chain_head: &genesis,
+                created_at: now,
+                updated_at: now,
+            })
+            .returning(accounts::id)
+            .get_result(conn)?;
+        let mut acct = lock_account_by_id(conn, id)?;
+        if !new.budget.is_zero() {
+            let key = format!("account-create:{name}:budget");
+            let amount = new.budget.micros().to_string();
+            let digest = request_digest(&["credit", name, &amount, "initial budget"]);
+            append(conn, ctx, &mut acct, &Pending::simple(EntryKind::Credit, new.budget, "initial budget", &key, &digest)?)?;
+            save_account(conn, ctx, &acct)?;
+        }
+        Ok(acct.to_record())
+    })
+}
+
+/// Changes to account settings; `None` leaves a setting as it is.
+#[derive(Debug, Clone, Default)]
+pub struct AccountUpdate {
+    /// New display name.
+    pub display_name: Option<String>,
+    /// New description.
+    pub description: Option<String>,
+    /// New start.
+    pub starts_at: Option<DateTime<Utc>>,
+    /// New end.
+    pub ends_at: Option<DateTime<Utc>>,
+    /// New overdraft limit.
+    pub overdraft: Option<UsdMicros>,
+    /// New status (active or suspended; closing has its own operation).
+    pub status: Option<AccountStatus>,
+    /// Why (recorded with each change).
+    pub reason: String,
+}
+
+/// Updates account settings, recording each change in `account_changes`.
+pub fn update_account(conn: &mut DbConn, ctx: &OpContext, name: &str, upd: &AccountUpdate) -> Result<Account, LedgerError> {
+    if let Some(n) = &upd.display_name {
+        if n.trim().is_empty() {
+            return Err(LedgerError::invalid("--name", "the display name is empty"));
+        }
+        check_text("--name", n)?;
+    }
+    if let Some(d) = &upd.description {
+        check_text("--description", d)?;
+    }
+    check_text("--reason", &upd.reason)?;
+    if let Some(o) = upd.overdraft {
+        o.non_negative().map_err(|e| LedgerError::invalid("--overdraft", e.to_string()))?;
+    }
+    if upd.status == Some(AccountStatus::Closed) {
+        return Err(LedgerError::invalid("--status", format!("close an account with `asbb account close {name}`")));
+    }
+    write_transaction(conn, |conn| {
+        let acct = lock_account(conn, name)?;
+        if acct.status() == AccountStatus::Closed {
+            return Err(LedgerError::AccountState {
+                account: name.to_string(),
+                status: AccountStatus::Closed,
+                what: "closed accounts cannot be changed".into(),
+            });
+        }
+        let starts = upd.starts_at.map(to_naive).unwrap_or(acct.starts_at);
+        let ends = upd.ends_at.map(to_naive).unwrap_or(acct.ends_at);
+        if ends <= starts {
+            return Err(LedgerError::invalid("--end", format!("the end ({ends}) must be after the start ({starts})")));
+        }
+        let mut changes: Vec<(&str, String, String)> = Vec::new();
+        let mut note = |field, old: String, new: String| {
+            if old != new {
+                changes.push((field, old, new));
+            }
+        };
+        if let Some(v) = &upd.display_name {
+            note("display_name", acct.display_name.clone(), v.trim().to_string());
+        }
+        if let Some(v) = &upd.description {
+            note("description", acct.description.clone(), v.clone());
+        }
+        note("starts_at", acct.starts_at.to_string(), starts.to_string());
+        note("ends_at", acct.ends_at.to_string(), ends.to_string());
+        if let Some(v) = upd.overdraft {
+            note("overdraft", UsdMicros::from_stored(acct.overdraft_micros).to_string(), v.to_string());
+        }
+        if let Some(v) = upd.status {
+            note("status", acct.status.clone(), v.as_str().to_string());
+        }
+        let now = to_naive(ctx.recorded_at);
+        diesel::update(accounts::table.find(acct.id))
+            .set((
+                accounts::display_name.eq(upd.display_name.as_deref().map(str::trim).unwrap_or(&acct.display_name)),
+                accounts::description.eq(upd.description.as_deref().unwrap_or(&acct.description)),
+                accounts::starts_at.eq(starts),
+                accounts::ends_at.eq(ends),
+                accounts::overdraft_micros.eq(upd.overdraft.map(|o| o.micros()).unwrap_or(acct.overdraft_micros)),
+                accounts::status.eq(upd.status.map(|s| s.as_str()).unwrap_or(&acct.status)),
+                accounts::updated_at.eq(now),
+            ))
+            .execute(conn)?;
+        record_changes(conn, ctx, acct.id, &changes, &upd.reason)?;
+        Ok(lock_account_by_id(conn, acct.id)?.to_record())
+    })
+}
+
+fn record_changes(conn: &mut DbConn, ctx: &OpContext, account_id: i64, changes: &[(&str, String, String)], reason: &str) -> Result<(), LedgerError> {
+    for (field, old, new) in changes {
+        diesel::insert_into(account_changes::table)
+            .values(NewAccountChangeRow {
+                account_id,
+                field,
+                old_value: old,
+                new_value: new,
+                actor: &ctx.actor,
+                reason,
+                changed_at: to_naive(ctx.recorded_at),
+            })
+            .execute(conn)?;
+    }
+    Ok(())
+}
+
+/// Closes an account for good. Refuses while holds are open: release or charge them first.
+pub fn close_account(conn: &mut DbConn, ctx: &OpContext, name: &str, reason: &str) -> Result<Account, LedgerError> {
+    check_text("--reason", reason)?;
+    write_transaction(conn, |conn| {
+        let acct = lock_account(conn, name)?;
+        if acct.status() == AccountStatus::Closed {
+            return Ok(acct.to_record());
+        }
+        let open: Vec<i64> = holds::table
+            .filter(holds::account_id.eq(acct.id))
+            .filter(holds::state.eq(HoldState::Open.as_str()))
+            .select(holds::id)
+            .order(holds::id)
+            .limit(10)
+            .load(conn)?;
+        if !open.is_empty() {
+            let list: Vec<String> = open.iter().map(|id| format!("hold-{id}")).collect();
+            return Err(LedgerError::AccountState {
+                account: name.to_string(),
+                status: acct.status(),
+                what: format!(
+                    "it still has open holds ({}); charge or release them (`asbb hold release ID`) before closing",
+                    list.join(", ")
+                ),
+            });
+        }
+        diesel::update(accounts::table.find(acct.id))
+            .set((accounts::status.eq(AccountStatus::Closed.as_str()), accounts::updated_at.eq(to_naive(ctx.recorded_at))))
+            .execute(conn)?;
+        record_changes(conn, ctx, acct.id, &[("status", acct.status.clone(), "closed".into())], reason)?;
+        Ok(lock_account_by_id(conn, acct.id)?.to_record())
+    })
+}
+
+/// Deletes an account that never had a journal entry (a mistyped creation). Anything that has
+/// held money is never deleted.
+pub fn delete_account(conn: &mut DbConn, name: &str) -> Result<(), LedgerError> {
+    write_transaction(conn, |conn| {
+        let acct = lock_account(conn, name)?;
+        if acct.entry_count > 0 {
+            return Err(LedgerError::HasHistory { account: name.to_string(), entries: acct.entry_count });
+        }
+        diesel::delete(account_changes::table.filter(account_changes::account_id.eq(acct.id))).execute(conn)?;
+        diesel::delete(account_partitions::table.filter(account_partitions::account_id.eq(acct.id))).execute(conn)?;
+        diesel::delete(accounts::table.find(acct.id)).execute(conn)?;
+        Ok(())
+    })
+}
+
+/// Sets (or with `None` removes) the account's limit for a partition.
+pub fn set_partition_limit(
+    conn: &mut DbConn,
+    ctx: &OpContext,
+    name: &str,
+    partition: &PartitionName,
+    limit: Option<UsdMicros>,
+) -> Result<(), LedgerError> {
+    if let Some(l) = limit {
+        l.non_negative().map_err(|e| LedgerError::invalid("--amount", e.to_string()))?;
+    }
+    write_transaction(conn, |conn| {
+        let acct = lock_account(conn, name)?;
+        let part = partition.as_str();
+        let existing = account_partitions::table
+            .find((acct.id, part))
+            .select(PartitionRow::as_select())
+            .first(conn)
+            .optional()?;
+        let now = to_naive(ctx.recorded_at);
+        let old = existing.as_ref().and_then(|r| r.limit_micros);
+        match existing {
+            Some(_) => {
+                diesel::update(account_partitions::table.find((acct.id, part)))
+                    .set((account_partitions::limit_micros.eq(limit.map(|l| l.micros())), account_partitions::updated_at.eq(now)))
+                    .execute(conn)?;
+            }
+            None => {
+                diesel::insert_into(account_partitions::table)
+                    .values((
+                        account_partitions::account_id.eq(acct.id),
+                        account_partitions::partition.eq(part),
+                        account_partitions::limit_micros.eq(limit.map(|l| l.micros())),
+                        account_partitions::charged_micros.eq(0i64),
+                        account_partitions::held_micros.eq(0i64),
+                        account_partitions::updated_at.eq(now),
+                    ))
+                    .execute(conn)?;
+            }
+        }
+        let show = |v: Option<i64>| v.map(|m| UsdMicros::from_stored(m).to_string()).unwrap_or_else(|| "none".into());
+        record_changes(
+            conn,
+            ctx,
+            acct.id,
+            &[(&format!("partition_limit:{part}"), show(old), show(limit.map(|l| l.micros())))],
+            "",
+        )?;
+        Ok(())
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Money in and out
+
+/// The result of a money operation.
+#[derive(Debug, Clone)]
+pub struct Posted {
+    /// The entry (the first one, for a replay).
+    pub entry: Entry,
+    /// Whether this call was a replay of an earlier one with the same key.
+    pub replayed: bool,
+    /// The account after the operation.
+    pub account: Account,
+}
+
+/// A simple money operation on an account.
+#[derive(Debug, Clone)]
+pub struct MoneyOp<'a> {
+    /// Account name.
+    pub account: &'a str,
+    /// Amount (positive; signed for adjustments).
+    pub amount: UsdMicros,
+    /// Why.
+    pub reason: &'a str,
+    /// Idempotency key.
+    pub key: &'a str,
+    /// Linked job, for refunds.
+    pub job_id: Option<&'a str>,
+}
+
+/// Credits money to an account (a deposit; allocations use it too).
+pub fn credit(conn: &mut DbConn, ctx: &OpContext, op: &MoneyOp<'_>) -> Result<Posted, LedgerError> {
+    op.amount.positive().map_err(|e| LedgerError::invalid("AMOUNT", e.to_string()))?;
+    simple_op(conn, ctx, EntryKind::Credit, op)
+}
+
+/// Adjusts the budget by a signed amount, with a mandatory reason.
+pub fn adjust(conn: &mut DbConn, ctx: &OpContext, op: &MoneyOp<'_>) -> Result<Posted, LedgerError> {
+    if op.amount.is_zero() {
+        return Err(LedgerError::invalid("AMOUNT", "an adjustment of zero changes nothing"));
+    }
+    simple_op(conn, ctx, EntryKind::Adjustment, op)
+}
+
+/// Gives used money back to an account, with a mandatory reason.
+pub fn refund(conn: &mut DbConn, ctx: &OpContext, op: &MoneyOp<'_>) -> Result<Posted, LedgerError> {
+    op.amount.positive().map_err(|e| LedgerError::invalid("--amount", e.to_string()))?;
+    simple_op(conn, ctx, EntryKind::Refund, op)
+}
+
+fn simple_op(conn: &mut DbConn, ctx: &OpContext, kind: EntryKind, op: &MoneyOp<'_>) -> Result<Posted, LedgerError> {
+    if matches!(kind, EntryKind::Adjustment | EntryKind::Refund) && op.reason.trim().is_empty() {
+        return Err(LedgerError::invalid("--reason", format!("a {kind} needs a reason")));
+    }
+    check_text("--reason", op.reason)?;
+    check_key(op.key)?;
+    let amount = op.amount.micros().to_string();
+    let digest = request_digest(&[kind.as_str(), op.account, &amount, op.reason, op.job_id.unwrap_or("")]);
+    write_transaction(conn, |conn| {
+        let mut acct = lock_account(conn, op.account)?;
+        if let Some(first) = replay(conn, op.key, &digest)? {
+            return Ok(Posted { entry: first.to_record(&acct.name, None), replayed: true, account: acct.to_record() });
+        }
+        if kind != EntryKind::Refund && acct.status() == AccountStatus::Closed {
+            return Err(LedgerError::AccountState {
+                account: acct.name.clone(),
+                status: AccountStatus::Closed,
+                what: format!("a {kind} cannot be booked to a closed account"),
+            });
+        }
+        if kind == EntryKind::Refund && op.amount > UsdMicros::from_stored(acct.charged_micros) {
+            return Err(LedgerError::invalid(
+                "--amount",
+                format!("a refund of ${} is more than the ${} charged to '{}'", op.amount, UsdMicros::from_stored(acct.charged_micros), acct.name),
+            ));
+        }
+        let mut p = Pending::simple(kind, op.amount, op.reason, op.key, &digest)?;
+        p.job_id = op.job_id;
+        let row = append(conn, ctx, &mut acct, &p)?;
+        save_account(conn, ctx, &acct)?;
+        Ok(Posted { entry: row.to_record(&acct.name, None), replayed: false, account: acct.to_record() })
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Holds
+
+/// A request to hold money for a job.
+#[derive(Debug, Clone)]
+pub struct HoldRequest<'a> {
+    /// Account name.
+    pub account: &'a str,
+    /// Partition, for partition limits.
+    pub partition: Option<&'a str>,
+    /// Cost estimate before the buffer.
+    pub estimate: UsdMicros,
+    /// Buffer factor (e.g. 1.2); the amount held is `estimate × buffer`.
+    pub buffer: Decimal,
+    /// Cluster.
+    pub cluster: Option<&'a str>,
+    /// Job id, when known.
+    pub job_id: Option<&'a str>,
+    /// SLURM user.
+    pub user_name: Option<&'a str>,
+    /// When the hold expires if nothing resolves it.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Idempotency key.
+    pub key: &'a str,
+}
+
+/// The outcome of a hold request.
+#[derive(Debug, Clone)]
+pub enum HoldOutcome {
+    /// The hold was placed (or had been placed by an earlier call with the same key).
+    Placed {
+        /// The hold.
+        hold: Hold,
+        /// Whether this call was a replay.
+        replayed: bool,
+        /// The account after the hold.
+        account: Account,
+    },
+    /// The hold was refused; nothing was written.
+    Denied(Denial),
+}
+
+/// Places a hold, checking pessimistically that the account can cover it.
+pub fn place_hold(conn: &mut DbConn, ctx: &OpContext, req: &HoldRequest<'_>) -> Result<HoldOutcome, LedgerError> {
+    check_key(req.key)?;
+    req.estimate.non_negative().map_err(|e| LedgerError::invalid("--amount", e.to_string()))?;
+    if req.buffer < Decimal::ONE || req.buffer > Decimal::from(100) {
+        return Err(LedgerError::invalid("--buffer", format!("buffer {} must be between 1 and 100", req.buffer)));
+    }
+    let amount = req.estimate.mul_decimal(req.buffer)?;
+    if amount.is_zero() {
+        return Err(LedgerError::invalid("--amount", "a hold must be greater than zero"));
+    }
+    let buffer = req.buffer.normalize().to_string();
+    let estimate_s = req.estimate.micros().to_string();
+    let digest = request_digest(&[
+        "hold",
+        req.account,
+        req.partition.unwrap_or(""),
+        &estimate_s,
+        &buffer,
+        req.cluster.unwrap_or(""),
+        req.job_id.unwrap_or(""),
+        req.user_name.unwrap_or(""),
+    ]);
+    write_transaction(conn, |conn| {
+        let mut acct = match lock_account(conn, req.account) {
+            Ok(a) => a,
+            Err(LedgerError::UnknownAccount(a)) => {
+                return Ok(HoldOutcome::Denied(Denial {
+                    reason: DenyReason::UnknownAccount,
+                    message: format!("no budget account named '{a}'"),
+                }))
+            }
+            Err(e) => return Err(e),
+        };
+        if let Some(first) = replay(conn, req.key, &digest)? {
+            let hold = load_hold(conn, first.hold_id.expect("hold entries link their hold"))?;
+            return Ok(HoldOutcome::Placed { hold: hold.to_record(&acct.name), replayed: true, account: acct.to_record() });
+        }
+        let part_row = match req.partition {
+            Some(p) => account_partitions::table
+                .find((acct.id, p))
+                .select(PartitionRow::as_select())
+                .first(conn)
+                .optional()?,
+            None => None,
+        };
+        let partition = match (&part_row, req.partition) {
+            (Some(r), Some(name)) => match r.limit_micros {
+                Some(limit) => Some(PartitionUse {
+                    name,
+                    limit: UsdMicros::from_stored(limit),
+                    used: UsdMicros::from_stored(r.charged_micros).checked_add(UsdMicros::from_stored(r.held_micros))?,
+                }),
+                None => None,
+            },
+            _ => None,
+        };
+        let hctx = HoldContext {
+            account: &acct.name,
+            status: acct.status(),
+            starts_at: crate::domain::time::from_naive(acct.starts_at),
+            ends_at: crate::domain::time::from_naive(acct.ends_at),
+            balances: acct.balances(),
+            overdraft: UsdMicros::from_stored(acct.overdraft_micros),
+            partition,
+        };
+        if let Err(denial) = decide_hold(&hctx, amount, ctx.effective_at) {
+            return Ok(HoldOutcome::Denied(denial));
+        }
+        let hold_id: i64 = diesel::insert_into(holds::table)
+            .values(NewHoldRow {
+                account_id: acct.id,
+                partition: req.partition,
+                cluster: req.cluster,
+                job_id: req.job_id,
+                user_name: req.user_name,
+                estimate_micros: req.estimate.micros(),
+                buffer: &buffer,
+                amount_micros: amount.micros(),
+                remaining_micros: amount.micros(),
+                charged_micros: 0,
+                state: HoldState::Open.as_str(),
+                flags: "",
+                expires_at: req.expires_at.map(to_naive),
+                created_at: to_naive(ctx.effective_at),
+                idempotency_key: req.key,
+            })
+            .returning(holds::id)
+            .get_result(conn)?;
+        let reason = format!("hold of ${amount} (estimate ${} x {buffer})", req.estimate);
+        let mut p = Pending::simple(EntryKind::Hold, amount, &reason, req.key, &digest)?;
+        p.hold_id = Some(hold_id);
+        p.cluster = req.cluster;
+        p.job_id = req.job_id;
+        p.partition = req.partition;
+        p.user_name = req.user_name;
+        append(conn, ctx, &mut acct, &p)?;
+        save_account(conn, ctx, &acct)?;
+        let hold = load_hold(conn, hold_id)?;
+        Ok(HoldOutcome::Placed { hold: hold.to_record(&acct.name), replayed: false, account: acct.to_record() })
+    })
+}
+
+/// The result of charging a hold.
+#[derive(Debug, Clone)]
+pub struct ChargeOutcome {
+    /// The hold after the charge (`None` for a charge without a hold).
+    pub hold: Option<Hold>,
+    /// The charge entry.
+    pub charge: Entry,
+    /// The release of the remainder, if any was left.
+    pub release: Option<Entry>,
+    /// Cost beyond the hold, still charged in full.
+    pub overrun: UsdMicros,
+    /// Whether this call was a replay.
+    pub replayed: bool,
+    /// The account after the charge.
+    pub account: Account,
+}
+
+/// A request to charge actual cost against a hold.
+#[derive(Debug, Clone)]
+pub struct ChargeHold<'a> {
+    /// The hold.
+    pub hold_id: i64,
+    /// The actual cost.
+    pub actual: UsdMicros,
+    /// The job, if the hold did not know it yet.
+    pub job_id: Option<&'a str>,
+    /// Why (free text).
+    pub reason: &'a str,
+    /// Idempotency key.
+    pub key: &'a str,
+}
+
+/// Charges the actual cost against a hold and releases the remainder. A cost above the hold is
+/// still charged in full and flagged `overrun`.
+pub fn charge_hold(conn: &mut DbConn, ctx: &OpContext, req: &ChargeHold<'_>) -> Result<ChargeOutcome, LedgerError> {
+    check_key(req.key)?;
+    check_text("--reason", req.reason)?;
+    req.actual.non_negative().map_err(|e| LedgerError::invalid("--actual-cost", e.to_string()))?;
+    let actual_s = req.actual.micros().to_string();
+    let hold_s = req.hold_id.to_string();
+    let digest = request_digest(&["charge-hold", &hold_s, &actual_s, req.job_id.unwrap_or("")]);
+    write_transaction(conn, |conn| {
+        let account_id: i64 = holds::table
+            .find(req.hold_id)
+            .select(holds::account_id)
+            .first(conn)
+            .optional()?
+            .ok_or(LedgerError::UnknownHold(req.hold_id))?;
+        let mut acct = lock_account_by_id(conn, account_id)?;
+        if let Some(first) = replay(conn, req.key, &digest)? {
+            return replayed_charge(conn, &acct, first);
+        }
+        let hold = load_hold(conn, req.hold_id)?;
+        if hold.state() != HoldState::Open {
+            return Err(LedgerError::HoldResolved { id: hold.id, state: hold.state() });
+        }
+        if let (Some(a), Some(b)) = (hold.job_id.as_deref(), req.job_id) {
+            if a != b {
+                return Err(LedgerError::invalid("--job", format!("hold-{} belongs to job {a}, not {b}", hold.id)));
+            }
+        }
+        let job = req.job_id.or(hold.job_id.as_deref());
+        let remaining = UsdMicros::from_stored(hold.remaining_micros);
+        let s = settle(remaining, req.actual)?;
+        let flags = if s.overrun.is_zero() { "" } else { "overrun" };
+        let reason = if req.reason.is_empty() {
+            if s.overrun.is_zero() {
+                format!("actual cost ${} against hold-{}", req.actual, hold.id)
+            } else {
+                format!("actual cost ${} exceeds hold-{} by ${}", req.actual, hold.id, s.overrun)
+            }
+        } else {
+            req.reason.to_string()
+        };
+        let charge = Pending {
+            kind: EntryKind::Charge,
+            amount: req.actual,
+            effect: Effect { credited: UsdMicros::ZERO, charged: req.actual, held: s.consumed.checked_neg()? },
+            hold_id: Some(hold.id),
+            cluster: hold.cluster.as_deref(),
+            job_id: job,
+            partition: hold.partition.as_deref(),
+            user_name: hold.user_name.as_deref(),
+            reason: &reason,
+            flags,
+            key: req.key,
+            digest: &digest,
+        };
+        let charge_row = append(conn, ctx, &mut acct, &charge)?;
+        let release_row = if s.released.is_zero() {
+            None
+        } else {
+            let release_key = format!("{}:release", req.key);
+            let release_reason = format!("remainder of hold-{} after charge", hold.id);
+            let p = Pending {
+                kind: EntryKind::Release,
+                amount: s.released,
+                effect: Effect::simple(EntryKind::Release, s.released)?,
+                reason: &release_reason,
+                flags: "",
+                key: &release_key,
+                ..charge
+            };
+            Some(append(conn, ctx, &mut acct, &p)?)
+        };
+        save_account(conn, ctx, &acct)?;
+        diesel::update(holds::table.find(hold.id))
+            .set((
+                holds::remaining_micros.eq(0i64),
+                holds::charged_micros.eq(req.actual.micros()),
+                holds::state.eq(HoldState::Charged.as_str()),
+                holds::flags.eq(flags),
+                holds::job_id.eq(job),
+                holds::resolved_at.eq(Some(to_naive(ctx.effective_at))),
+            ))
+            .execute(conn)?;
+        let hold = load_hold(conn, hold.id)?;
+        Ok(ChargeOutcome {
+            hold: Some(hold.to_record(&acct.name)),
+            charge: charge_row.to_record(&acct.name, None),
+            release: release_row.map(|r| r.to_record(&acct.name, None)),
+            overrun: s.overrun,
+            replayed: false,
+            account: acct.to_record(),
+        })
+    })
+}
+
+fn replayed_charge(conn: &mut DbConn, acct: &AccountRow, first: JournalRow) -> Result<ChargeOutcome, LedgerError> {
+    let release = find_entry_by_key(conn, &format!("{}:release", first.idempotency_key))?;
+    let hold = match first.hold_id {
+        Some(id) => Some(load_hold(conn, id)?.to_record(&acct.name)),
+        None => None,
+    };
+    let consumed = -first.held_delta_micros;
+    Ok(ChargeOutcome {
+        hold,
+        overrun: UsdMicros::from_stored(first.amount_micros - consumed).max(UsdMicros::ZERO),
+        charge: first.to_record(&acct.name, None),
+        release: release.map(|r| r.to_record(&acct.name, None)),
+        replayed: true,
+        account: acct.to_record(),
+    })
+}
+
+/// A cost that arrived for no known hold: charged to the account anyway and flagged
+/// `unmatched`, because the money really was spent.
+#[derive(Debug, Clone)]
+pub struct ChargeUnmatched<'a> {
+    /// Account name.
+    pub account: &'a str,
+    /// Actual cost.
+    pub amount: UsdMicros,
+    /// Partition.
+    pub partition: Option<&'a str>,
+    /// Cluster.
+    pub cluster: Option<&'a str>,
+    /// Job id.
+    pub job_id: Option<&'a str>,
+    /// SLURM user.
+    pub user_name: Option<&'a str>,
+    /// Why.
+    pub reason: &'a str,
+    /// Idempotency key.
+    pub key: &'a str,
+}
+
+/// Charges cost that has no hold. Books on any account status: money spent is never dropped.
+pub fn charge_without_hold(conn: &mut DbConn, ctx: &OpContext, req: &ChargeUnmatched<'_>) -> Result<ChargeOutcome, LedgerError> {
+    check_key(req.key)?;
+    check_text("--reason", req.reason)?;
+    req.amount.non_negative().map_err(|e| LedgerError::invalid("--amount", e.to_string()))?;
+    let amount_s = req.amount.micros().to_string();
+    let digest = request_digest(&[
+        "charge",
+        req.account,
+        &amount_s,
+        req.partition.unwrap_or(""),
+        req.cluster.unwrap_or(""),
+        req.job_id.unwrap_or(""),
+        req.user_name.unwrap_or(""),
+    ]);
+    write_transaction(conn, |conn| {
+        let mut acct = lock_account(conn, req.account)?;
+        if let Some(first) = replay(conn, req.key, &digest)? {
+            return replayed_charge(conn, &acct, first);
+        }
+        let reason = if req.reason.is_empty() { "actual cost without a hold".to_string() } else { req.reason.to_string() };
+        let p = Pending {
+            kind: EntryKind::Charge,
+            amount: req.amount,
+            effect: Effect::simple(EntryKind::Charge, req.amount)?,
+            hold_id: None,
+            cluster: req.cluster,
+            job_id: req.job_id,
+            partition: req.partition,
+            user_name: req.user_name,
+            reason: &reason,
+            flags: "unmatched",
+            key: req.key,
+            digest: &digest,
+        };
+        let row = append(conn, ctx, &mut acct, &p)?;
+        save_account(conn, ctx, &acct)?;
+        Ok(ChargeOutcome {
+            hold: None,
+            charge: row.to_record(&acct.name, None),
+            release: None,
+            overrun: UsdMicros::ZERO,
+            replayed: false,
+            account: acct.to_record(),
+        })
+    })
+}
+
+/// The result of releasing or expiring a hold.
+#[derive(Debug, Clone)]
+pub struct Released {
+    /// The hold afterwards.
+    pub hold: Hold,
+    /// The release or expiry entry.
+    pub entry: Entry,
+    /// Whether this call was a replay.
+    pub replayed: bool,
+}
+
+/// Releases a hold without charging it.
+pub fn release_hold(conn: &mut DbConn, ctx: &OpContext, hold_id: i64, reason: &str, key: &str) -> Result<Released, LedgerError> {
+    end_hold(conn, ctx, hold_id, reason, key, EntryKind::Release)
+}
+
+/// Expires a hold that outlived its lifetime. Refuses a hold that has not expired yet as of
+/// the context's effective time.
+pub fn expire_hold(conn: &mut DbConn, ctx: &OpContext, hold_id: i64, key: &str) -> Result<Released, LedgerError> {
+    end_hold(conn, ctx, hold_id, "hold lifetime passed", key, EntryKind::Expiry)
+}
+
+fn end_hold(conn: &mut DbConn, ctx: &OpContext, hold_id: i64, reason: &str, key: &str, kind: EntryKind) -> Result<Released, LedgerError> {
+    check_key(key)?;
+    check_text("--reason", reason)?;
+    let hold_s = hold_id.to_string();
+    let digest = request_digest(&[kind.as_str(), &hold_s]);
+    write_transaction(conn, |conn| {
+        let account_id: i64 = holds::table
+            .find(hold_id)
+            .select(holds::account_id)
+            .first(conn)
+            .optional()?
+            .ok_or(LedgerError::UnknownHold(hold_id))?;
+        let mut acct = lock_account_by_id(conn, account_id)?;
+        if let Some(first) = replay(conn, key, &digest)? {
+            let hold = load_hold(conn, hold_id)?;
+            return Ok(Released { hold: hold.to_record(&acct.name), entry: first.to_record(&acct.name, None), replayed: true });
+        }
+        let hold = load_hold(conn, hold_id)?;
+        if hold.state() != HoldState::Open {
+            return Err(LedgerError::HoldResolved { id: hold.id, state: hold.state() });
+        }
+        if kind == EntryKind::Expiry {
+            match hold.expires_at {
+                Some(at) if at <= to_naive(ctx.effective_at) => {}
+                Some(at) => {
+                    return Err(LedgerError::invalid("--as-of", format!("hold-{hold_id} expires at {at} UTC, not yet")))
+                }
+                None => return Err(LedgerError::invalid("HOLD", format!("hold-{hold_id} has no expiry; release it instead"))),
+            }
+        }
+        let remaining = UsdMicros::from_stored(hold.remaining_micros);
+        let reason = if reason.is_empty() { "released by an administrator" } else { reason };
+        let p = Pending {
+            kind,
+            amount: remaining,
+            effect: Effect::simple(kind, remaining)?,
+            hold_id: Some(hold.id),
+            cluster: hold.cluster.as_deref(),
+            job_id: hold.job_id.as_deref(),
+            partition: hold.partition.as_deref(),
+            user_name: hold.user_name.as_deref(),
+            reason,
+            flags: "",
+            key,
+            digest: &digest,
+        };
+        let row = append(conn, ctx, &mut acct, &p)?;
+        save_account(conn, ctx, &acct)?;
+        let state = if kind == EntryKind::Expiry { HoldState::Expired } else { HoldState::Released };
+        diesel::update(holds::table.find(hold.id))
+            .set((
+                holds::remaining_micros.eq(0i64),
+                holds::state.eq(state.as_str()),
+                holds::resolved_at.eq(Some(to_naive(ctx.effective_at))),
+            ))
+            .execute(conn)?;
+        let hold = load_hold(conn, hold.id)?;
+        Ok(Released { hold: hold.to_record(&acct.name), entry: row.to_record(&acct.name, None), replayed: false })
+    })
+}
+
+/// Reads an entry by id (used by callers that need a fresh copy).
+pub fn entry(conn: &mut DbConn, id: i64) -> Result<Option<Entry>, LedgerError> {
+    let row = journal::table.find(id).select(JournalRow::as_select()).first(conn).optional()?;
+    row.map(|r| entry_record(conn, &r)).transpose()
+}
