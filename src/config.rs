@@ -47,7 +47,7 @@ hold_lifetime = "7d"
 "#;
 
 /// The whole configuration.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// `[database]`.
@@ -78,12 +78,6 @@ pub struct LedgerConfig {
     pub hold_lifetime: String,
 }
 
-impl Default for Config {
-    fn default() -> Self {
-        Config { database: DatabaseConfig::default(), ledger: LedgerConfig::default() }
-    }
-}
-
 impl Default for DatabaseConfig {
     fn default() -> Self {
         DatabaseConfig {
@@ -96,7 +90,10 @@ impl Default for DatabaseConfig {
 
 impl Default for LedgerConfig {
     fn default() -> Self {
-        LedgerConfig { default_hold_buffer: "1.2".into(), hold_lifetime: "7d".into() }
+        LedgerConfig {
+            default_hold_buffer: "1.2".into(),
+            hold_lifetime: "7d".into(),
+        }
     }
 }
 
@@ -160,16 +157,30 @@ pub fn keys() -> Vec<(String, String)> {
 
 /// The environment variable that overrides `section.key`.
 pub fn env_name(section: &str, key: &str) -> String {
-    format!("ASBB_{}_{}", section.to_ascii_uppercase(), key.to_ascii_uppercase())
+    format!(
+        "ASBB_{}_{}",
+        section.to_ascii_uppercase(),
+        key.to_ascii_uppercase()
+    )
 }
 
 /// Loads the configuration. `explicit` is `--config`; `env` reads environment variables
 /// (injected so tests need not touch the process environment).
-pub fn load(explicit: Option<&Path>, env: &dyn Fn(&str) -> Option<String>) -> Result<Loaded, ConfigError> {
-    let named = explicit.map(Path::to_path_buf).or_else(|| env("ASBB_CONFIG").filter(|s| !s.is_empty()).map(PathBuf::from));
+pub fn load(
+    explicit: Option<&Path>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Loaded, ConfigError> {
+    let named = explicit.map(Path::to_path_buf).or_else(|| {
+        env("ASBB_CONFIG")
+            .filter(|s| !s.is_empty())
+            .map(PathBuf::from)
+    });
     let (text, path) = match named {
         Some(p) => {
-            let t = std::fs::read_to_string(&p).map_err(|source| ConfigError::Read { path: p.clone(), source })?;
+            let t = std::fs::read_to_string(&p).map_err(|source| ConfigError::Read {
+                path: p.clone(),
+                source,
+            })?;
             (t, Some(p))
         }
         None => {
@@ -181,14 +192,23 @@ pub fn load(explicit: Option<&Path>, env: &dyn Fn(&str) -> Option<String>) -> Re
             }
         }
     };
-    let origin = path.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "(built-in defaults)".into());
-    let mut value: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::Parse { path: origin.clone(), message: e.to_string() })?;
+    let origin = path
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "(built-in defaults)".into());
+    let mut value: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        path: origin.clone(),
+        message: e.to_string(),
+    })?;
     let defaults = toml::Value::try_from(Config::default()).expect("default config serialises");
     let mut overrides = Vec::new();
     for (section, key) in keys() {
         let name = env_name(&section, &key);
         let Some(raw) = env(&name) else { continue };
-        let default_is_int = defaults.get(&section).and_then(|s| s.get(&key)).is_some_and(toml::Value::is_integer);
+        let default_is_int = defaults
+            .get(&section)
+            .and_then(|s| s.get(&key))
+            .is_some_and(toml::Value::is_integer);
         let v = if default_is_int {
             match raw.trim().parse::<i64>() {
                 Ok(i) => toml::Value::Integer(i),
@@ -202,7 +222,9 @@ pub fn load(explicit: Option<&Path>, env: &dyn Fn(&str) -> Option<String>) -> Re
         } else {
             toml::Value::String(raw)
         };
-        let table = value.entry(section.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        let table = value
+            .entry(section.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
         if let toml::Value::Table(t) = table {
             t.insert(key.clone(), v);
         }
@@ -210,33 +232,57 @@ pub fn load(explicit: Option<&Path>, env: &dyn Fn(&str) -> Option<String>) -> Re
     }
     let config: Config = toml::Value::Table(value)
         .try_into()
-        .map_err(|e: toml::de::Error| ConfigError::Parse { path: origin, message: e.to_string() })?;
+        .map_err(|e: toml::de::Error| ConfigError::Parse {
+            path: origin,
+            message: e.to_string(),
+        })?;
     let problems = config.problems();
     if !problems.is_empty() {
         return Err(ConfigError::Invalid(problems));
     }
-    Ok(Loaded { config, path, overrides })
+    Ok(Loaded {
+        config,
+        path,
+        overrides,
+    })
 }
 
 impl Config {
     /// Every out-of-range value, each naming its key.
     pub fn problems(&self) -> Vec<Problem> {
         let mut out = Vec::new();
-        let mut bad = |key: &str, message: String| out.push(Problem { key: key.into(), message });
+        let mut bad = |key: &str, message: String| {
+            out.push(Problem {
+                key: key.into(),
+                message,
+            })
+        };
         if let Err(e) = DbUrl::parse(&self.database.url) {
             bad("database.url", e.to_string());
         }
         if !(1..=600_000).contains(&self.database.busy_timeout_ms) {
-            bad("database.busy_timeout_ms", format!("{} is outside 1..=600000", self.database.busy_timeout_ms));
+            bad(
+                "database.busy_timeout_ms",
+                format!("{} is outside 1..=600000", self.database.busy_timeout_ms),
+            );
         }
         if self.sqlite_sync().is_none() {
-            bad("database.sqlite_synchronous", format!("'{}' is neither \"full\" nor \"normal\"", self.database.sqlite_synchronous));
+            bad(
+                "database.sqlite_synchronous",
+                format!(
+                    "'{}' is neither \"full\" nor \"normal\"",
+                    self.database.sqlite_synchronous
+                ),
+            );
         }
         match Decimal::from_str(self.ledger.default_hold_buffer.trim()) {
             Ok(d) if d >= Decimal::ONE && d <= Decimal::from(100) => {}
             _ => bad(
                 "ledger.default_hold_buffer",
-                format!("'{}' must be a decimal between 1 and 100, like \"1.2\"", self.ledger.default_hold_buffer),
+                format!(
+                    "'{}' must be a decimal between 1 and 100, like \"1.2\"",
+                    self.ledger.default_hold_buffer
+                ),
             ),
         }
         if let Err(e) = parse_span(&self.ledger.hold_lifetime) {
@@ -246,7 +292,12 @@ impl Config {
     }
 
     fn sqlite_sync(&self) -> Option<SqliteSync> {
-        match self.database.sqlite_synchronous.to_ascii_lowercase().as_str() {
+        match self
+            .database
+            .sqlite_synchronous
+            .to_ascii_lowercase()
+            .as_str()
+        {
             "full" => Some(SqliteSync::Full),
             "normal" => Some(SqliteSync::Normal),
             _ => None,
@@ -278,7 +329,10 @@ mod tests {
     use std::collections::HashMap;
 
     fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let m: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let m: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         move |k| m.get(k).cloned()
     }
 
@@ -298,7 +352,14 @@ mod tests {
     #[test]
     fn env_overrides_win_over_the_file() {
         let f = write("[database]\nurl = \"/a.db\"\nbusy_timeout_ms = 10\n");
-        let l = load(Some(f.path()), &env_of(&[("ASBB_DATABASE_URL", "/b.db"), ("ASBB_DATABASE_BUSY_TIMEOUT_MS", "77")])).unwrap();
+        let l = load(
+            Some(f.path()),
+            &env_of(&[
+                ("ASBB_DATABASE_URL", "/b.db"),
+                ("ASBB_DATABASE_BUSY_TIMEOUT_MS", "77"),
+            ]),
+        )
+        .unwrap();
         assert_eq!(l.config.database.url, "/b.db");
         assert_eq!(l.config.database.busy_timeout_ms, 77);
         assert_eq!(l.overrides.len(), 2);
@@ -307,7 +368,11 @@ mod tests {
     #[test]
     fn asbb_config_names_the_file() {
         let f = write("[ledger]\nhold_lifetime = \"2d\"\n");
-        let l = load(None, &env_of(&[("ASBB_CONFIG", f.path().to_str().unwrap())])).unwrap();
+        let l = load(
+            None,
+            &env_of(&[("ASBB_CONFIG", f.path().to_str().unwrap())]),
+        )
+        .unwrap();
         assert_eq!(l.config.ledger.hold_lifetime, "2d");
         assert_eq!(l.config.database, DatabaseConfig::default());
     }
@@ -323,9 +388,19 @@ mod tests {
     fn bad_values_name_their_key() {
         let f = write("[database]\nurl = \"mysql://x\"\nsqlite_synchronous = \"off\"\n[ledger]\ndefault_hold_buffer = \"0.5\"\nhold_lifetime = \"forever\"\n");
         let e = load(Some(f.path()), &env_of(&[])).unwrap_err();
-        let ConfigError::Invalid(problems) = e else { panic!("{e}") };
+        let ConfigError::Invalid(problems) = e else {
+            panic!("{e}")
+        };
         let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
-        assert_eq!(keys, ["database.url", "database.sqlite_synchronous", "ledger.default_hold_buffer", "ledger.hold_lifetime"]);
+        assert_eq!(
+            keys,
+            [
+                "database.url",
+                "database.sqlite_synchronous",
+                "ledger.default_hold_buffer",
+                "ledger.hold_lifetime"
+            ]
+        );
     }
 
     #[test]
@@ -336,11 +411,20 @@ mod tests {
 
     #[test]
     fn a_non_numeric_env_override_is_named() {
-        let e = load(None, &env_of(&[("ASBB_CONFIG", write("").path().to_str().unwrap()), ("ASBB_DATABASE_BUSY_TIMEOUT_MS", "soon")]));
+        let e = load(
+            None,
+            &env_of(&[
+                ("ASBB_CONFIG", write("").path().to_str().unwrap()),
+                ("ASBB_DATABASE_BUSY_TIMEOUT_MS", "soon"),
+            ]),
+        );
         // The temp file is dropped right away, so either the read fails or the override does;
         // both must name what is wrong.
         let msg = e.unwrap_err().to_string();
-        assert!(msg.contains("ASBB_DATABASE_BUSY_TIMEOUT_MS") || msg.contains("failed to read"), "{msg}");
+        assert!(
+            msg.contains("ASBB_DATABASE_BUSY_TIMEOUT_MS") || msg.contains("failed to read"),
+            "{msg}"
+        );
     }
 
     #[test]

@@ -15,7 +15,9 @@ use super::models::{AccountRow, HoldRow, JournalRow, PartitionRow};
 use super::schema::{account_partitions, accounts, holds, journal};
 use super::DbConn;
 use crate::db::ledger::LedgerError;
-use crate::domain::ledger::{entry_hash, genesis_hash, Balances, ChainFields, EntryKind, HoldState};
+use crate::domain::ledger::{
+    entry_hash, genesis_hash, Balances, ChainFields, EntryKind, HoldState,
+};
 use crate::domain::time::from_naive;
 use crate::domain::UsdMicros;
 
@@ -70,8 +72,15 @@ struct HoldTally {
 
 /// Verifies every account (or one). `progress` is called with the number of entries replayed
 /// so far, for a progress bar.
-pub fn verify(conn: &mut DbConn, only: Option<&str>, progress: &mut dyn FnMut(u64)) -> Result<AuditReport, LedgerError> {
-    let mut q = accounts::table.select(accounts::id).order(accounts::id).into_boxed();
+pub fn verify(
+    conn: &mut DbConn,
+    only: Option<&str>,
+    progress: &mut dyn FnMut(u64),
+) -> Result<AuditReport, LedgerError> {
+    let mut q = accounts::table
+        .select(accounts::id)
+        .order(accounts::id)
+        .into_boxed();
     if let Some(name) = only {
         q = q.filter(accounts::name.eq(name));
     }
@@ -86,7 +95,12 @@ pub fn verify(conn: &mut DbConn, only: Option<&str>, progress: &mut dyn FnMut(u6
     Ok(report)
 }
 
-fn verify_account(conn: &mut DbConn, id: i64, report: &mut AuditReport, progress: &mut dyn FnMut(u64)) -> Result<(), LedgerError> {
+fn verify_account(
+    conn: &mut DbConn,
+    id: i64,
+    report: &mut AuditReport,
+    progress: &mut dyn FnMut(u64),
+) -> Result<(), LedgerError> {
     // One snapshot per account, so a concurrent writer cannot make the sums disagree.
     let snapshot_begin = match conn {
         DbConn::Postgres(_) => "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
@@ -103,13 +117,28 @@ fn verify_account(conn: &mut DbConn, id: i64, report: &mut AuditReport, progress
     result
 }
 
-fn verify_account_in_snapshot(conn: &mut DbConn, id: i64, report: &mut AuditReport, progress: &mut dyn FnMut(u64)) -> Result<(), LedgerError> {
-    let acct: AccountRow = accounts::table.find(id).select(AccountRow::as_select()).first(conn)?;
+fn verify_account_in_snapshot(
+    conn: &mut DbConn,
+    id: i64,
+    report: &mut AuditReport,
+    progress: &mut dyn FnMut(u64),
+) -> Result<(), LedgerError> {
+    let acct: AccountRow = accounts::table
+        .find(id)
+        .select(AccountRow::as_select())
+        .first(conn)?;
     report.accounts += 1;
     let name = acct.name.clone();
-    let mut found = |kind: &'static str, entry_id: Option<i64>, hold_id: Option<i64>, detail: String| {
-        report.discrepancies.push(Discrepancy { account: name.clone(), kind, entry_id, hold_id, detail });
-    };
+    let mut found =
+        |kind: &'static str, entry_id: Option<i64>, hold_id: Option<i64>, detail: String| {
+            report.discrepancies.push(Discrepancy {
+                account: name.clone(),
+                kind,
+                entry_id,
+                hold_id,
+                detail,
+            });
+        };
     let mut head = genesis_hash(&acct.name);
     let mut expect_seq = 1i64;
     let mut sums = Balances::default();
@@ -128,12 +157,26 @@ fn verify_account_in_snapshot(conn: &mut DbConn, id: i64, report: &mut AuditRepo
         after = last.seq;
         for e in &page {
             if e.seq != expect_seq {
-                found("seq_gap", Some(e.id), None, format!("expected entry #{expect_seq}, found #{}", e.seq));
+                found(
+                    "seq_gap",
+                    Some(e.id),
+                    None,
+                    format!("expected entry #{expect_seq}, found #{}", e.seq),
+                );
                 expect_seq = e.seq;
             }
             expect_seq += 1;
             if e.prev_hash != head {
-                found("chain_broken", Some(e.id), None, format!("entry #{} links to {} but the previous hash is {head}", e.seq, short(&e.prev_hash)));
+                found(
+                    "chain_broken",
+                    Some(e.id),
+                    None,
+                    format!(
+                        "entry #{} links to {} but the previous hash is {head}",
+                        e.seq,
+                        short(&e.prev_hash)
+                    ),
+                );
             }
             let kind: Option<EntryKind> = e.kind.parse().ok();
             let amount = UsdMicros::from_stored(e.amount_micros);
@@ -159,7 +202,17 @@ fn verify_account_in_snapshot(conn: &mut DbConn, id: i64, report: &mut AuditRepo
                         prev_hash: &e.prev_hash,
                     });
                     if recomputed != e.hash {
-                        found("hash_mismatch", Some(e.id), None, format!("entry #{} hashes to {} but stores {}; it was altered", e.seq, short(&recomputed), short(&e.hash)));
+                        found(
+                            "hash_mismatch",
+                            Some(e.id),
+                            None,
+                            format!(
+                                "entry #{} hashes to {} but stores {}; it was altered",
+                                e.seq,
+                                short(&recomputed),
+                                short(&e.hash)
+                            ),
+                        );
                     }
                     if let Err(err) = e.effect().check(kind, amount) {
                         found("bad_effect", Some(e.id), None, err.to_string());
@@ -179,11 +232,21 @@ fn verify_account_in_snapshot(conn: &mut DbConn, id: i64, report: &mut AuditRepo
                         }
                     }
                 }
-                None => found("bad_effect", Some(e.id), None, format!("unknown entry kind '{}'", e.kind)),
+                None => found(
+                    "bad_effect",
+                    Some(e.id),
+                    None,
+                    format!("unknown entry kind '{}'", e.kind),
+                ),
             }
             match sums.apply(e.effect()) {
                 Ok(s) => sums = s,
-                Err(err) => found("balance_mismatch", Some(e.id), None, format!("sum overflows: {err}")),
+                Err(err) => found(
+                    "balance_mismatch",
+                    Some(e.id),
+                    None,
+                    format!("sum overflows: {err}"),
+                ),
             }
             if let Some(p) = &e.partition {
                 let slot = parts.entry(p.clone()).or_default();
@@ -196,10 +259,28 @@ fn verify_account_in_snapshot(conn: &mut DbConn, id: i64, report: &mut AuditRepo
         progress(report.entries);
     }
     if expect_seq - 1 != acct.entry_count {
-        found("seq_gap", None, None, format!("account records {} entries, journal has {}", acct.entry_count, expect_seq - 1));
+        found(
+            "seq_gap",
+            None,
+            None,
+            format!(
+                "account records {} entries, journal has {}",
+                acct.entry_count,
+                expect_seq - 1
+            ),
+        );
     }
     if head != acct.chain_head {
-        found("chain_broken", None, None, format!("account's chain head is {} but the last entry hashes to {}", short(&acct.chain_head), short(&head)));
+        found(
+            "chain_broken",
+            None,
+            None,
+            format!(
+                "account's chain head is {} but the last entry hashes to {}",
+                short(&acct.chain_head),
+                short(&head)
+            ),
+        );
     }
     let cached = acct.balances();
     for (what, journal_sum, cache) in [
@@ -208,7 +289,12 @@ fn verify_account_in_snapshot(conn: &mut DbConn, id: i64, report: &mut AuditRepo
         ("held", sums.held, cached.held),
     ] {
         if journal_sum != cache {
-            found("balance_mismatch", None, None, format!("{what}: journal sums to ${journal_sum}, account says ${cache}"));
+            found(
+                "balance_mismatch",
+                None,
+                None,
+                format!("{what}: journal sums to ${journal_sum}, account says ${cache}"),
+            );
         }
     }
     let part_rows: Vec<PartitionRow> = account_partitions::table
@@ -237,25 +323,54 @@ fn verify_account_in_snapshot(conn: &mut DbConn, id: i64, report: &mut AuditRepo
     }
     for (p, (c, h)) in &parts {
         if !seen.contains(p) && (*c != 0 || *h != 0) {
-            found("partition_mismatch", None, None, format!("partition '{p}' has journal entries but no cached balance"));
+            found(
+                "partition_mismatch",
+                None,
+                None,
+                format!("partition '{p}' has journal entries but no cached balance"),
+            );
         }
     }
-    let hold_rows: Vec<HoldRow> = holds::table.filter(holds::account_id.eq(id)).select(HoldRow::as_select()).load(conn)?;
+    let hold_rows: Vec<HoldRow> = holds::table
+        .filter(holds::account_id.eq(id))
+        .select(HoldRow::as_select())
+        .load(conn)?;
     for h in &hold_rows {
         report.holds += 1;
         let t = tallies.remove(&h.id).unwrap_or_default();
-        let mut bad = |detail: String| found("hold_mismatch", None, Some(h.id), format!("hold-{}: {detail}", h.id));
+        let mut bad = |detail: String| {
+            found(
+                "hold_mismatch",
+                None,
+                Some(h.id),
+                format!("hold-{}: {detail}", h.id),
+            )
+        };
         if t.hold_entries != 1 || t.hold_amount != h.amount_micros {
-            bad(format!("expected one hold entry of ${}, found {} entries", UsdMicros::from_stored(h.amount_micros), t.hold_entries));
+            bad(format!(
+                "expected one hold entry of ${}, found {} entries",
+                UsdMicros::from_stored(h.amount_micros),
+                t.hold_entries
+            ));
         }
         if t.held != h.remaining_micros {
-            bad(format!("journal still holds ${}, hold says ${}", UsdMicros::from_stored(t.held), UsdMicros::from_stored(h.remaining_micros)));
+            bad(format!(
+                "journal still holds ${}, hold says ${}",
+                UsdMicros::from_stored(t.held),
+                UsdMicros::from_stored(h.remaining_micros)
+            ));
         }
         let ok = match h.state() {
             HoldState::Open => t.charges == 0 && t.releases == 0 && t.expiries == 0,
-            HoldState::Charged => t.charges == 1 && t.releases <= 1 && t.expiries == 0 && h.remaining_micros == 0,
-            HoldState::Released => t.charges == 0 && t.releases == 1 && t.expiries == 0 && h.remaining_micros == 0,
-            HoldState::Expired => t.charges == 0 && t.releases == 0 && t.expiries == 1 && h.remaining_micros == 0,
+            HoldState::Charged => {
+                t.charges == 1 && t.releases <= 1 && t.expiries == 0 && h.remaining_micros == 0
+            }
+            HoldState::Released => {
+                t.charges == 0 && t.releases == 1 && t.expiries == 0 && h.remaining_micros == 0
+            }
+            HoldState::Expired => {
+                t.charges == 0 && t.releases == 0 && t.expiries == 1 && h.remaining_micros == 0
+            }
         };
         if !ok {
             bad(format!(
@@ -265,7 +380,12 @@ fn verify_account_in_snapshot(conn: &mut DbConn, id: i64, report: &mut AuditRepo
         }
     }
     for (hold_id, _) in tallies {
-        found("hold_mismatch", None, Some(hold_id), format!("entries link hold-{hold_id}, which is not a hold of this account"));
+        found(
+            "hold_mismatch",
+            None,
+            Some(hold_id),
+            format!("entries link hold-{hold_id}, which is not a hold of this account"),
+        );
     }
     Ok(())
 }

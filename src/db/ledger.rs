@@ -7,14 +7,14 @@ use diesel::prelude::*;
 use rust_decimal::Decimal;
 
 use super::models::{
-    Account, AccountRow, Entry, Hold, HoldRow, JournalRow, NewAccountChangeRow, NewAccountRow, NewHoldRow,
-    NewJournalRow, PartitionRow,
+    Account, AccountRow, Entry, Hold, HoldRow, JournalRow, NewAccountChangeRow, NewAccountRow,
+    NewHoldRow, NewJournalRow, PartitionRow,
 };
 use super::schema::{account_changes, account_partitions, accounts, holds, journal};
 use super::{write_transaction, DbConn};
 use crate::domain::ledger::{
-    decide_hold, entry_hash, genesis_hash, request_digest, settle, AccountStatus, ChainFields, Denial, DenyReason,
-    Effect, EntryKind, HoldContext, HoldState, PartitionUse,
+    decide_hold, entry_hash, genesis_hash, request_digest, settle, AccountStatus, ChainFields,
+    Denial, DenyReason, Effect, EntryKind, HoldContext, HoldState, PartitionUse,
 };
 use crate::domain::money::MoneyError;
 use crate::domain::time::{to_naive, truncate_micros};
@@ -41,7 +41,11 @@ impl OpContext {
     /// A context whose effect and record times are the same instant.
     pub fn at(actor: &str, at: DateTime<Utc>) -> OpContext {
         let at = truncate_micros(at);
-        OpContext { actor: actor.to_string(), effective_at: at, recorded_at: at }
+        OpContext {
+            actor: actor.to_string(),
+            effective_at: at,
+            recorded_at: at,
+        }
     }
 }
 
@@ -112,22 +116,34 @@ pub enum LedgerError {
 
 impl LedgerError {
     fn invalid(field: &'static str, message: impl Into<String>) -> LedgerError {
-        LedgerError::Invalid { field, message: message.into() }
+        LedgerError::Invalid {
+            field,
+            message: message.into(),
+        }
     }
 }
 
 fn check_text(field: &'static str, text: &str) -> Result<(), LedgerError> {
     if text.len() > TEXT_LEN_MAX {
-        return Err(LedgerError::invalid(field, format!("longer than {TEXT_LEN_MAX} bytes")));
+        return Err(LedgerError::invalid(
+            field,
+            format!("longer than {TEXT_LEN_MAX} bytes"),
+        ));
     }
-    if text.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
+    if text
+        .chars()
+        .any(|c| c.is_control() && c != '\n' && c != '\t')
+    {
         return Err(LedgerError::invalid(field, "contains control characters"));
     }
     Ok(())
 }
 
 fn check_key(key: &str) -> Result<(), LedgerError> {
-    if key.is_empty() || key.len() > KEY_LEN_MAX || key.chars().any(|c| c.is_control() || c.is_whitespace()) {
+    if key.is_empty()
+        || key.len() > KEY_LEN_MAX
+        || key.chars().any(|c| c.is_control() || c.is_whitespace())
+    {
         return Err(LedgerError::invalid(
             "--idempotency-key",
             format!("must be 1 to {KEY_LEN_MAX} printable characters without spaces"),
@@ -179,8 +195,15 @@ fn lock_account(conn: &mut DbConn, name: &str) -> Result<AccountRow, LedgerError
 
 fn lock_account_by_id(conn: &mut DbConn, id: i64) -> Result<AccountRow, LedgerError> {
     Ok(match conn {
-        DbConn::Postgres(c) => accounts::table.find(id).select(AccountRow::as_select()).for_update().first(c)?,
-        DbConn::Sqlite(c) => accounts::table.find(id).select(AccountRow::as_select()).first(c)?,
+        DbConn::Postgres(c) => accounts::table
+            .find(id)
+            .select(AccountRow::as_select())
+            .for_update()
+            .first(c)?,
+        DbConn::Sqlite(c) => accounts::table
+            .find(id)
+            .select(AccountRow::as_select())
+            .first(c)?,
     })
 }
 
@@ -206,7 +229,10 @@ fn find_entry_by_key(conn: &mut DbConn, key: &str) -> Result<Option<JournalRow>,
 fn replay(conn: &mut DbConn, key: &str, digest: &str) -> Result<Option<JournalRow>, LedgerError> {
     match find_entry_by_key(conn, key)? {
         Some(e) if e.request_digest == digest => Ok(Some(e)),
-        Some(e) => Err(LedgerError::IdempotencyConflict { key: key.to_string(), entry: e.id }),
+        Some(e) => Err(LedgerError::IdempotencyConflict {
+            key: key.to_string(),
+            entry: e.id,
+        }),
         None => Ok(None),
     }
 }
@@ -227,7 +253,13 @@ struct Pending<'a> {
 }
 
 impl<'a> Pending<'a> {
-    fn simple(kind: EntryKind, amount: UsdMicros, reason: &'a str, key: &'a str, digest: &'a str) -> Result<Self, LedgerError> {
+    fn simple(
+        kind: EntryKind,
+        amount: UsdMicros,
+        reason: &'a str,
+        key: &'a str,
+        digest: &'a str,
+    ) -> Result<Self, LedgerError> {
         Ok(Pending {
             kind,
             amount,
@@ -247,9 +279,18 @@ impl<'a> Pending<'a> {
 
 /// Appends one entry to the account's chain and applies it to the in-memory row; the caller
 /// saves the row with [`save_account`] before committing.
-fn append(conn: &mut DbConn, ctx: &OpContext, acct: &mut AccountRow, p: &Pending<'_>) -> Result<JournalRow, LedgerError> {
+fn append(
+    conn: &mut DbConn,
+    ctx: &OpContext,
+    acct: &mut AccountRow,
+    p: &Pending<'_>,
+) -> Result<JournalRow, LedgerError> {
     // A violated kind rule is a programming error in this module, never bad input.
-    assert!(p.effect.check(p.kind, p.amount).is_ok(), "entry effect breaks the rules of {}", p.kind);
+    assert!(
+        p.effect.check(p.kind, p.amount).is_ok(),
+        "entry effect breaks the rules of {}",
+        p.kind
+    );
     let balances = acct.balances().apply(p.effect)?;
     let seq = acct.entry_count + 1;
     let hash = entry_hash(&ChainFields {
@@ -297,7 +338,10 @@ fn append(conn: &mut DbConn, ctx: &OpContext, acct: &mut AccountRow, p: &Pending
         })
         .returning(journal::id)
         .get_result(conn)?;
-    let row = journal::table.find(id).select(JournalRow::as_select()).first(conn)?;
+    let row = journal::table
+        .find(id)
+        .select(JournalRow::as_select())
+        .first(conn)?;
     if let Some(part) = p.partition {
         if !p.effect.charged.is_zero() || !p.effect.held.is_zero() {
             bump_partition(conn, ctx, acct.id, part, p.effect)?;
@@ -308,10 +352,17 @@ fn append(conn: &mut DbConn, ctx: &OpContext, acct: &mut AccountRow, p: &Pending
     acct.credited_micros = balances.credited.micros();
     acct.charged_micros = balances.charged.micros();
     acct.held_micros = balances.held.micros();
+    acct.updated_at = to_naive(ctx.recorded_at);
     Ok(row)
 }
 
-fn bump_partition(conn: &mut DbConn, ctx: &OpContext, account_id: i64, part: &str, e: Effect) -> Result<(), LedgerError> {
+fn bump_partition(
+    conn: &mut DbConn,
+    ctx: &OpContext,
+    account_id: i64,
+    part: &str,
+    e: Effect,
+) -> Result<(), LedgerError> {
     let key = (account_id, part.to_string());
     let existing = account_partitions::table
         .find(key)
@@ -323,8 +374,12 @@ fn bump_partition(conn: &mut DbConn, ctx: &OpContext, account_id: i64, part: &st
         Some(r) => {
             diesel::update(account_partitions::table.find((account_id, part)))
                 .set((
-                    account_partitions::charged_micros.eq(UsdMicros::from_stored(r.charged_micros).checked_add(e.charged)?.micros()),
-                    account_partitions::held_micros.eq(UsdMicros::from_stored(r.held_micros).checked_add(e.held)?.micros()),
+                    account_partitions::charged_micros.eq(UsdMicros::from_stored(r.charged_micros)
+                        .checked_add(e.charged)?
+                        .micros()),
+                    account_partitions::held_micros.eq(UsdMicros::from_stored(r.held_micros)
+                        .checked_add(e.held)?
+                        .micros()),
                     account_partitions::updated_at.eq(now),
                 ))
                 .execute(conn)?;
@@ -360,7 +415,10 @@ fn save_account(conn: &mut DbConn, ctx: &OpContext, acct: &AccountRow) -> Result
 }
 
 fn account_name_of(conn: &mut DbConn, id: i64) -> Result<String, LedgerError> {
-    Ok(accounts::table.find(id).select(accounts::name).first(conn)?)
+    Ok(accounts::table
+        .find(id)
+        .select(accounts::name)
+        .first(conn)?)
 }
 
 fn entry_record(conn: &mut DbConn, row: &JournalRow) -> Result<Entry, LedgerError> {
@@ -372,7 +430,11 @@ fn entry_record(conn: &mut DbConn, row: &JournalRow) -> Result<Entry, LedgerErro
 // Accounts
 
 /// Creates an account and credits its initial budget.
-pub fn create_account(conn: &mut DbConn, ctx: &OpContext, new: &NewAccount) -> Result<Account, LedgerError> {
+pub fn create_account(
+    conn: &mut DbConn,
+    ctx: &OpContext,
+    new: &NewAccount,
+) -> Result<Account, LedgerError> {
     if new.display_name.trim().is_empty() {
         return Err(LedgerError::invalid("--name", "the display name is empty"));
     }
@@ -381,11 +443,19 @@ pub fn create_account(conn: &mut DbConn, ctx: &OpContext, new: &NewAccount) -> R
     if new.ends_at <= new.starts_at {
         return Err(LedgerError::invalid(
             "--end",
-            format!("the end ({}) must be after the start ({})", new.ends_at.to_rfc3339(), new.starts_at.to_rfc3339()),
+            format!(
+                "the end ({}) must be after the start ({})",
+                new.ends_at.to_rfc3339(),
+                new.starts_at.to_rfc3339()
+            ),
         ));
     }
-    new.budget.non_negative().map_err(|e| LedgerError::invalid("--budget", e.to_string()))?;
-    new.overdraft.non_negative().map_err(|e| LedgerError::invalid("--overdraft", e.to_string()))?;
+    new.budget
+        .non_negative()
+        .map_err(|e| LedgerError::invalid("--budget", e.to_string()))?;
+    new.overdraft
+        .non_negative()
+        .map_err(|e| LedgerError::invalid("--overdraft", e.to_string()))?;
     let name = new.name.as_str();
     write_transaction(conn, |conn| {
         let exists = accounts::table
@@ -417,7 +487,18 @@ pub fn create_account(conn: &mut DbConn, ctx: &OpContext, new: &NewAccount) -> R
             let key = format!("account-create:{name}:budget");
             let amount = new.budget.micros().to_string();
             let digest = request_digest(&["credit", name, &amount, "initial budget"]);
-            append(conn, ctx, &mut acct, &Pending::simple(EntryKind::Credit, new.budget, "initial budget", &key, &digest)?)?;
+            append(
+                conn,
+                ctx,
+                &mut acct,
+                &Pending::simple(
+                    EntryKind::Credit,
+                    new.budget,
+                    "initial budget",
+                    &key,
+                    &digest,
+                )?,
+            )?;
             save_account(conn, ctx, &acct)?;
         }
         Ok(acct.to_record())
@@ -444,7 +525,12 @@ pub struct AccountUpdate {
 }
 
 /// Updates account settings, recording each change in `account_changes`.
-pub fn update_account(conn: &mut DbConn, ctx: &OpContext, name: &str, upd: &AccountUpdate) -> Result<Account, LedgerError> {
+pub fn update_account(
+    conn: &mut DbConn,
+    ctx: &OpContext,
+    name: &str,
+    upd: &AccountUpdate,
+) -> Result<Account, LedgerError> {
     if let Some(n) = &upd.display_name {
         if n.trim().is_empty() {
             return Err(LedgerError::invalid("--name", "the display name is empty"));
@@ -456,10 +542,14 @@ pub fn update_account(conn: &mut DbConn, ctx: &OpContext, name: &str, upd: &Acco
     }
     check_text("--reason", &upd.reason)?;
     if let Some(o) = upd.overdraft {
-        o.non_negative().map_err(|e| LedgerError::invalid("--overdraft", e.to_string()))?;
+        o.non_negative()
+            .map_err(|e| LedgerError::invalid("--overdraft", e.to_string()))?;
     }
     if upd.status == Some(AccountStatus::Closed) {
-        return Err(LedgerError::invalid("--status", format!("close an account with `asbb account close {name}`")));
+        return Err(LedgerError::invalid(
+            "--status",
+            format!("close an account with `asbb account close {name}`"),
+        ));
     }
     write_transaction(conn, |conn| {
         let acct = lock_account(conn, name)?;
@@ -473,7 +563,10 @@ pub fn update_account(conn: &mut DbConn, ctx: &OpContext, name: &str, upd: &Acco
         let starts = upd.starts_at.map(to_naive).unwrap_or(acct.starts_at);
         let ends = upd.ends_at.map(to_naive).unwrap_or(acct.ends_at);
         if ends <= starts {
-            return Err(LedgerError::invalid("--end", format!("the end ({ends}) must be after the start ({starts})")));
+            return Err(LedgerError::invalid(
+                "--end",
+                format!("the end ({ends}) must be after the start ({starts})"),
+            ));
         }
         let mut changes: Vec<(&str, String, String)> = Vec::new();
         let mut note = |field, old: String, new: String| {
@@ -482,7 +575,11 @@ pub fn update_account(conn: &mut DbConn, ctx: &OpContext, name: &str, upd: &Acco
             }
         };
         if let Some(v) = &upd.display_name {
-            note("display_name", acct.display_name.clone(), v.trim().to_string());
+            note(
+                "display_name",
+                acct.display_name.clone(),
+                v.trim().to_string(),
+            );
         }
         if let Some(v) = &upd.description {
             note("description", acct.description.clone(), v.clone());
@@ -490,7 +587,11 @@ pub fn update_account(conn: &mut DbConn, ctx: &OpContext, name: &str, upd: &Acco
         note("starts_at", acct.starts_at.to_string(), starts.to_string());
         note("ends_at", acct.ends_at.to_string(), ends.to_string());
         if let Some(v) = upd.overdraft {
-            note("overdraft", UsdMicros::from_stored(acct.overdraft_micros).to_string(), v.to_string());
+            note(
+                "overdraft",
+                UsdMicros::from_stored(acct.overdraft_micros).to_string(),
+                v.to_string(),
+            );
         }
         if let Some(v) = upd.status {
             note("status", acct.status.clone(), v.as_str().to_string());
@@ -498,11 +599,18 @@ pub fn update_account(conn: &mut DbConn, ctx: &OpContext, name: &str, upd: &Acco
         let now = to_naive(ctx.recorded_at);
         diesel::update(accounts::table.find(acct.id))
             .set((
-                accounts::display_name.eq(upd.display_name.as_deref().map(str::trim).unwrap_or(&acct.display_name)),
+                accounts::display_name.eq(upd
+                    .display_name
+                    .as_deref()
+                    .map(str::trim)
+                    .unwrap_or(&acct.display_name)),
                 accounts::description.eq(upd.description.as_deref().unwrap_or(&acct.description)),
                 accounts::starts_at.eq(starts),
                 accounts::ends_at.eq(ends),
-                accounts::overdraft_micros.eq(upd.overdraft.map(|o| o.micros()).unwrap_or(acct.overdraft_micros)),
+                accounts::overdraft_micros.eq(upd
+                    .overdraft
+                    .map(|o| o.micros())
+                    .unwrap_or(acct.overdraft_micros)),
                 accounts::status.eq(upd.status.map(|s| s.as_str()).unwrap_or(&acct.status)),
                 accounts::updated_at.eq(now),
             ))
@@ -512,7 +620,13 @@ pub fn update_account(conn: &mut DbConn, ctx: &OpContext, name: &str, upd: &Acco
     })
 }
 
-fn record_changes(conn: &mut DbConn, ctx: &OpContext, account_id: i64, changes: &[(&str, String, String)], reason: &str) -> Result<(), LedgerError> {
+fn record_changes(
+    conn: &mut DbConn,
+    ctx: &OpContext,
+    account_id: i64,
+    changes: &[(&str, String, String)],
+    reason: &str,
+) -> Result<(), LedgerError> {
     for (field, old, new) in changes {
         diesel::insert_into(account_changes::table)
             .values(NewAccountChangeRow {
@@ -530,7 +644,12 @@ fn record_changes(conn: &mut DbConn, ctx: &OpContext, account_id: i64, changes: 
 }
 
 /// Closes an account for good. Refuses while holds are open: release or charge them first.
-pub fn close_account(conn: &mut DbConn, ctx: &OpContext, name: &str, reason: &str) -> Result<Account, LedgerError> {
+pub fn close_account(
+    conn: &mut DbConn,
+    ctx: &OpContext,
+    name: &str,
+    reason: &str,
+) -> Result<Account, LedgerError> {
     check_text("--reason", reason)?;
     write_transaction(conn, |conn| {
         let acct = lock_account(conn, name)?;
@@ -556,9 +675,18 @@ pub fn close_account(conn: &mut DbConn, ctx: &OpContext, name: &str, reason: &st
             });
         }
         diesel::update(accounts::table.find(acct.id))
-            .set((accounts::status.eq(AccountStatus::Closed.as_str()), accounts::updated_at.eq(to_naive(ctx.recorded_at))))
+            .set((
+                accounts::status.eq(AccountStatus::Closed.as_str()),
+                accounts::updated_at.eq(to_naive(ctx.recorded_at)),
+            ))
             .execute(conn)?;
-        record_changes(conn, ctx, acct.id, &[("status", acct.status.clone(), "closed".into())], reason)?;
+        record_changes(
+            conn,
+            ctx,
+            acct.id,
+            &[("status", acct.status.clone(), "closed".into())],
+            reason,
+        )?;
         Ok(lock_account_by_id(conn, acct.id)?.to_record())
     })
 }
@@ -569,10 +697,17 @@ pub fn delete_account(conn: &mut DbConn, name: &str) -> Result<(), LedgerError> 
     write_transaction(conn, |conn| {
         let acct = lock_account(conn, name)?;
         if acct.entry_count > 0 {
-            return Err(LedgerError::HasHistory { account: name.to_string(), entries: acct.entry_count });
+            return Err(LedgerError::HasHistory {
+                account: name.to_string(),
+                entries: acct.entry_count,
+            });
         }
-        diesel::delete(account_changes::table.filter(account_changes::account_id.eq(acct.id))).execute(conn)?;
-        diesel::delete(account_partitions::table.filter(account_partitions::account_id.eq(acct.id))).execute(conn)?;
+        diesel::delete(account_changes::table.filter(account_changes::account_id.eq(acct.id)))
+            .execute(conn)?;
+        diesel::delete(
+            account_partitions::table.filter(account_partitions::account_id.eq(acct.id)),
+        )
+        .execute(conn)?;
         diesel::delete(accounts::table.find(acct.id)).execute(conn)?;
         Ok(())
     })
@@ -587,7 +722,8 @@ pub fn set_partition_limit(
     limit: Option<UsdMicros>,
 ) -> Result<(), LedgerError> {
     if let Some(l) = limit {
-        l.non_negative().map_err(|e| LedgerError::invalid("--amount", e.to_string()))?;
+        l.non_negative()
+            .map_err(|e| LedgerError::invalid("--amount", e.to_string()))?;
     }
     write_transaction(conn, |conn| {
         let acct = lock_account(conn, name)?;
@@ -602,7 +738,10 @@ pub fn set_partition_limit(
         match existing {
             Some(_) => {
                 diesel::update(account_partitions::table.find((acct.id, part)))
-                    .set((account_partitions::limit_micros.eq(limit.map(|l| l.micros())), account_partitions::updated_at.eq(now)))
+                    .set((
+                        account_partitions::limit_micros.eq(limit.map(|l| l.micros())),
+                        account_partitions::updated_at.eq(now),
+                    ))
                     .execute(conn)?;
             }
             None => {
@@ -618,12 +757,19 @@ pub fn set_partition_limit(
                     .execute(conn)?;
             }
         }
-        let show = |v: Option<i64>| v.map(|m| UsdMicros::from_stored(m).to_string()).unwrap_or_else(|| "none".into());
+        let show = |v: Option<i64>| {
+            v.map(|m| UsdMicros::from_stored(m).to_string())
+                .unwrap_or_else(|| "none".into())
+        };
         record_changes(
             conn,
             ctx,
             acct.id,
-            &[(&format!("partition_limit:{part}"), show(old), show(limit.map(|l| l.micros())))],
+            &[(
+                &format!("partition_limit:{part}"),
+                show(old),
+                show(limit.map(|l| l.micros())),
+            )],
             "",
         )?;
         Ok(())
@@ -661,36 +807,61 @@ pub struct MoneyOp<'a> {
 
 /// Credits money to an account (a deposit; allocations use it too).
 pub fn credit(conn: &mut DbConn, ctx: &OpContext, op: &MoneyOp<'_>) -> Result<Posted, LedgerError> {
-    op.amount.positive().map_err(|e| LedgerError::invalid("AMOUNT", e.to_string()))?;
+    op.amount
+        .positive()
+        .map_err(|e| LedgerError::invalid("AMOUNT", e.to_string()))?;
     simple_op(conn, ctx, EntryKind::Credit, op)
 }
 
 /// Adjusts the budget by a signed amount, with a mandatory reason.
 pub fn adjust(conn: &mut DbConn, ctx: &OpContext, op: &MoneyOp<'_>) -> Result<Posted, LedgerError> {
     if op.amount.is_zero() {
-        return Err(LedgerError::invalid("AMOUNT", "an adjustment of zero changes nothing"));
+        return Err(LedgerError::invalid(
+            "AMOUNT",
+            "an adjustment of zero changes nothing",
+        ));
     }
     simple_op(conn, ctx, EntryKind::Adjustment, op)
 }
 
 /// Gives used money back to an account, with a mandatory reason.
 pub fn refund(conn: &mut DbConn, ctx: &OpContext, op: &MoneyOp<'_>) -> Result<Posted, LedgerError> {
-    op.amount.positive().map_err(|e| LedgerError::invalid("--amount", e.to_string()))?;
+    op.amount
+        .positive()
+        .map_err(|e| LedgerError::invalid("--amount", e.to_string()))?;
     simple_op(conn, ctx, EntryKind::Refund, op)
 }
 
-fn simple_op(conn: &mut DbConn, ctx: &OpContext, kind: EntryKind, op: &MoneyOp<'_>) -> Result<Posted, LedgerError> {
+fn simple_op(
+    conn: &mut DbConn,
+    ctx: &OpContext,
+    kind: EntryKind,
+    op: &MoneyOp<'_>,
+) -> Result<Posted, LedgerError> {
     if matches!(kind, EntryKind::Adjustment | EntryKind::Refund) && op.reason.trim().is_empty() {
-        return Err(LedgerError::invalid("--reason", format!("a {kind} needs a reason")));
+        return Err(LedgerError::invalid(
+            "--reason",
+            format!("a {kind} needs a reason"),
+        ));
     }
     check_text("--reason", op.reason)?;
     check_key(op.key)?;
     let amount = op.amount.micros().to_string();
-    let digest = request_digest(&[kind.as_str(), op.account, &amount, op.reason, op.job_id.unwrap_or("")]);
+    let digest = request_digest(&[
+        kind.as_str(),
+        op.account,
+        &amount,
+        op.reason,
+        op.job_id.unwrap_or(""),
+    ]);
     write_transaction(conn, |conn| {
         let mut acct = lock_account(conn, op.account)?;
         if let Some(first) = replay(conn, op.key, &digest)? {
-            return Ok(Posted { entry: first.to_record(&acct.name, None), replayed: true, account: acct.to_record() });
+            return Ok(Posted {
+                entry: first.to_record(&acct.name, None),
+                replayed: true,
+                account: acct.to_record(),
+            });
         }
         if kind != EntryKind::Refund && acct.status() == AccountStatus::Closed {
             return Err(LedgerError::AccountState {
@@ -702,14 +873,23 @@ fn simple_op(conn: &mut DbConn, ctx: &OpContext, kind: EntryKind, op: &MoneyOp<'
         if kind == EntryKind::Refund && op.amount > UsdMicros::from_stored(acct.charged_micros) {
             return Err(LedgerError::invalid(
                 "--amount",
-                format!("a refund of ${} is more than the ${} charged to '{}'", op.amount, UsdMicros::from_stored(acct.charged_micros), acct.name),
+                format!(
+                    "a refund of ${} is more than the ${} charged to '{}'",
+                    op.amount,
+                    UsdMicros::from_stored(acct.charged_micros),
+                    acct.name
+                ),
             ));
         }
         let mut p = Pending::simple(kind, op.amount, op.reason, op.key, &digest)?;
         p.job_id = op.job_id;
         let row = append(conn, ctx, &mut acct, &p)?;
         save_account(conn, ctx, &acct)?;
-        Ok(Posted { entry: row.to_record(&acct.name, None), replayed: false, account: acct.to_record() })
+        Ok(Posted {
+            entry: row.to_record(&acct.name, None),
+            replayed: false,
+            account: acct.to_record(),
+        })
     })
 }
 
@@ -745,26 +925,38 @@ pub enum HoldOutcome {
     /// The hold was placed (or had been placed by an earlier call with the same key).
     Placed {
         /// The hold.
-        hold: Hold,
+        hold: Box<Hold>,
         /// Whether this call was a replay.
         replayed: bool,
         /// The account after the hold.
-        account: Account,
+        account: Box<Account>,
     },
     /// The hold was refused; nothing was written.
     Denied(Denial),
 }
 
 /// Places a hold, checking pessimistically that the account can cover it.
-pub fn place_hold(conn: &mut DbConn, ctx: &OpContext, req: &HoldRequest<'_>) -> Result<HoldOutcome, LedgerError> {
+pub fn place_hold(
+    conn: &mut DbConn,
+    ctx: &OpContext,
+    req: &HoldRequest<'_>,
+) -> Result<HoldOutcome, LedgerError> {
     check_key(req.key)?;
-    req.estimate.non_negative().map_err(|e| LedgerError::invalid("--amount", e.to_string()))?;
+    req.estimate
+        .non_negative()
+        .map_err(|e| LedgerError::invalid("--amount", e.to_string()))?;
     if req.buffer < Decimal::ONE || req.buffer > Decimal::from(100) {
-        return Err(LedgerError::invalid("--buffer", format!("buffer {} must be between 1 and 100", req.buffer)));
+        return Err(LedgerError::invalid(
+            "--buffer",
+            format!("buffer {} must be between 1 and 100", req.buffer),
+        ));
     }
     let amount = req.estimate.mul_decimal(req.buffer)?;
     if amount.is_zero() {
-        return Err(LedgerError::invalid("--amount", "a hold must be greater than zero"));
+        return Err(LedgerError::invalid(
+            "--amount",
+            "a hold must be greater than zero",
+        ));
     }
     let buffer = req.buffer.normalize().to_string();
     let estimate_s = req.estimate.micros().to_string();
@@ -791,7 +983,11 @@ pub fn place_hold(conn: &mut DbConn, ctx: &OpContext, req: &HoldRequest<'_>) -> 
         };
         if let Some(first) = replay(conn, req.key, &digest)? {
             let hold = load_hold(conn, first.hold_id.expect("hold entries link their hold"))?;
-            return Ok(HoldOutcome::Placed { hold: hold.to_record(&acct.name), replayed: true, account: acct.to_record() });
+            return Ok(HoldOutcome::Placed {
+                hold: Box::new(hold.to_record(&acct.name)),
+                replayed: true,
+                account: Box::new(acct.to_record()),
+            });
         }
         let part_row = match req.partition {
             Some(p) => account_partitions::table
@@ -806,7 +1002,8 @@ pub fn place_hold(conn: &mut DbConn, ctx: &OpContext, req: &HoldRequest<'_>) -> 
                 Some(limit) => Some(PartitionUse {
                     name,
                     limit: UsdMicros::from_stored(limit),
-                    used: UsdMicros::from_stored(r.charged_micros).checked_add(UsdMicros::from_stored(r.held_micros))?,
+                    used: UsdMicros::from_stored(r.charged_micros)
+                        .checked_add(UsdMicros::from_stored(r.held_micros))?,
                 }),
                 None => None,
             },
@@ -854,7 +1051,11 @@ pub fn place_hold(conn: &mut DbConn, ctx: &OpContext, req: &HoldRequest<'_>) -> 
         append(conn, ctx, &mut acct, &p)?;
         save_account(conn, ctx, &acct)?;
         let hold = load_hold(conn, hold_id)?;
-        Ok(HoldOutcome::Placed { hold: hold.to_record(&acct.name), replayed: false, account: acct.to_record() })
+        Ok(HoldOutcome::Placed {
+            hold: Box::new(hold.to_record(&acct.name)),
+            replayed: false,
+            account: Box::new(acct.to_record()),
+        })
     })
 }
 
@@ -892,10 +1093,16 @@ pub struct ChargeHold<'a> {
 
 /// Charges the actual cost against a hold and releases the remainder. A cost above the hold is
 /// still charged in full and flagged `overrun`.
-pub fn charge_hold(conn: &mut DbConn, ctx: &OpContext, req: &ChargeHold<'_>) -> Result<ChargeOutcome, LedgerError> {
+pub fn charge_hold(
+    conn: &mut DbConn,
+    ctx: &OpContext,
+    req: &ChargeHold<'_>,
+) -> Result<ChargeOutcome, LedgerError> {
     check_key(req.key)?;
     check_text("--reason", req.reason)?;
-    req.actual.non_negative().map_err(|e| LedgerError::invalid("--actual-cost", e.to_string()))?;
+    req.actual
+        .non_negative()
+        .map_err(|e| LedgerError::invalid("--actual-cost", e.to_string()))?;
     let actual_s = req.actual.micros().to_string();
     let hold_s = req.hold_id.to_string();
     let digest = request_digest(&["charge-hold", &hold_s, &actual_s, req.job_id.unwrap_or("")]);
@@ -912,11 +1119,17 @@ pub fn charge_hold(conn: &mut DbConn, ctx: &OpContext, req: &ChargeHold<'_>) -> 
         }
         let hold = load_hold(conn, req.hold_id)?;
         if hold.state() != HoldState::Open {
-            return Err(LedgerError::HoldResolved { id: hold.id, state: hold.state() });
+            return Err(LedgerError::HoldResolved {
+                id: hold.id,
+                state: hold.state(),
+            });
         }
         if let (Some(a), Some(b)) = (hold.job_id.as_deref(), req.job_id) {
             if a != b {
-                return Err(LedgerError::invalid("--job", format!("hold-{} belongs to job {a}, not {b}", hold.id)));
+                return Err(LedgerError::invalid(
+                    "--job",
+                    format!("hold-{} belongs to job {a}, not {b}", hold.id),
+                ));
             }
         }
         let job = req.job_id.or(hold.job_id.as_deref());
@@ -927,7 +1140,10 @@ pub fn charge_hold(conn: &mut DbConn, ctx: &OpContext, req: &ChargeHold<'_>) -> 
             if s.overrun.is_zero() {
                 format!("actual cost ${} against hold-{}", req.actual, hold.id)
             } else {
-                format!("actual cost ${} exceeds hold-{} by ${}", req.actual, hold.id, s.overrun)
+                format!(
+                    "actual cost ${} exceeds hold-{} by ${}",
+                    req.actual, hold.id, s.overrun
+                )
             }
         } else {
             req.reason.to_string()
@@ -935,7 +1151,11 @@ pub fn charge_hold(conn: &mut DbConn, ctx: &OpContext, req: &ChargeHold<'_>) -> 
         let charge = Pending {
             kind: EntryKind::Charge,
             amount: req.actual,
-            effect: Effect { credited: UsdMicros::ZERO, charged: req.actual, held: s.consumed.checked_neg()? },
+            effect: Effect {
+                credited: UsdMicros::ZERO,
+                charged: req.actual,
+                held: s.consumed.checked_neg()?,
+            },
             hold_id: Some(hold.id),
             cluster: hold.cluster.as_deref(),
             job_id: job,
@@ -986,13 +1206,21 @@ pub fn charge_hold(conn: &mut DbConn, ctx: &OpContext, req: &ChargeHold<'_>) -> 
     })
 }
 
-fn replayed_charge(conn: &mut DbConn, acct: &AccountRow, first: JournalRow) -> Result<ChargeOutcome, LedgerError> {
+fn replayed_charge(
+    conn: &mut DbConn,
+    acct: &AccountRow,
+    first: JournalRow,
+) -> Result<ChargeOutcome, LedgerError> {
     let release = find_entry_by_key(conn, &format!("{}:release", first.idempotency_key))?;
     let hold = match first.hold_id {
         Some(id) => Some(load_hold(conn, id)?.to_record(&acct.name)),
         None => None,
     };
-    let consumed = -first.held_delta_micros;
+    let consumed = if first.hold_id.is_some() {
+        -first.held_delta_micros
+    } else {
+        first.amount_micros
+    };
     Ok(ChargeOutcome {
         hold,
         overrun: UsdMicros::from_stored(first.amount_micros - consumed).max(UsdMicros::ZERO),
@@ -1026,10 +1254,16 @@ pub struct ChargeUnmatched<'a> {
 }
 
 /// Charges cost that has no hold. Books on any account status: money spent is never dropped.
-pub fn charge_without_hold(conn: &mut DbConn, ctx: &OpContext, req: &ChargeUnmatched<'_>) -> Result<ChargeOutcome, LedgerError> {
+pub fn charge_without_hold(
+    conn: &mut DbConn,
+    ctx: &OpContext,
+    req: &ChargeUnmatched<'_>,
+) -> Result<ChargeOutcome, LedgerError> {
     check_key(req.key)?;
     check_text("--reason", req.reason)?;
-    req.amount.non_negative().map_err(|e| LedgerError::invalid("--amount", e.to_string()))?;
+    req.amount
+        .non_negative()
+        .map_err(|e| LedgerError::invalid("--amount", e.to_string()))?;
     let amount_s = req.amount.micros().to_string();
     let digest = request_digest(&[
         "charge",
@@ -1045,7 +1279,11 @@ pub fn charge_without_hold(conn: &mut DbConn, ctx: &OpContext, req: &ChargeUnmat
         if let Some(first) = replay(conn, req.key, &digest)? {
             return replayed_charge(conn, &acct, first);
         }
-        let reason = if req.reason.is_empty() { "actual cost without a hold".to_string() } else { req.reason.to_string() };
+        let reason = if req.reason.is_empty() {
+            "actual cost without a hold".to_string()
+        } else {
+            req.reason.to_string()
+        };
         let p = Pending {
             kind: EntryKind::Charge,
             amount: req.amount,
@@ -1085,17 +1323,42 @@ pub struct Released {
 }
 
 /// Releases a hold without charging it.
-pub fn release_hold(conn: &mut DbConn, ctx: &OpContext, hold_id: i64, reason: &str, key: &str) -> Result<Released, LedgerError> {
+pub fn release_hold(
+    conn: &mut DbConn,
+    ctx: &OpContext,
+    hold_id: i64,
+    reason: &str,
+    key: &str,
+) -> Result<Released, LedgerError> {
     end_hold(conn, ctx, hold_id, reason, key, EntryKind::Release)
 }
 
 /// Expires a hold that outlived its lifetime. Refuses a hold that has not expired yet as of
 /// the context's effective time.
-pub fn expire_hold(conn: &mut DbConn, ctx: &OpContext, hold_id: i64, key: &str) -> Result<Released, LedgerError> {
-    end_hold(conn, ctx, hold_id, "hold lifetime passed", key, EntryKind::Expiry)
+pub fn expire_hold(
+    conn: &mut DbConn,
+    ctx: &OpContext,
+    hold_id: i64,
+    key: &str,
+) -> Result<Released, LedgerError> {
+    end_hold(
+        conn,
+        ctx,
+        hold_id,
+        "hold lifetime passed",
+        key,
+        EntryKind::Expiry,
+    )
 }
 
-fn end_hold(conn: &mut DbConn, ctx: &OpContext, hold_id: i64, reason: &str, key: &str, kind: EntryKind) -> Result<Released, LedgerError> {
+fn end_hold(
+    conn: &mut DbConn,
+    ctx: &OpContext,
+    hold_id: i64,
+    reason: &str,
+    key: &str,
+    kind: EntryKind,
+) -> Result<Released, LedgerError> {
     check_key(key)?;
     check_text("--reason", reason)?;
     let hold_s = hold_id.to_string();
@@ -1110,23 +1373,42 @@ fn end_hold(conn: &mut DbConn, ctx: &OpContext, hold_id: i64, reason: &str, key:
         let mut acct = lock_account_by_id(conn, account_id)?;
         if let Some(first) = replay(conn, key, &digest)? {
             let hold = load_hold(conn, hold_id)?;
-            return Ok(Released { hold: hold.to_record(&acct.name), entry: first.to_record(&acct.name, None), replayed: true });
+            return Ok(Released {
+                hold: hold.to_record(&acct.name),
+                entry: first.to_record(&acct.name, None),
+                replayed: true,
+            });
         }
         let hold = load_hold(conn, hold_id)?;
         if hold.state() != HoldState::Open {
-            return Err(LedgerError::HoldResolved { id: hold.id, state: hold.state() });
+            return Err(LedgerError::HoldResolved {
+                id: hold.id,
+                state: hold.state(),
+            });
         }
         if kind == EntryKind::Expiry {
             match hold.expires_at {
                 Some(at) if at <= to_naive(ctx.effective_at) => {}
                 Some(at) => {
-                    return Err(LedgerError::invalid("--as-of", format!("hold-{hold_id} expires at {at} UTC, not yet")))
+                    return Err(LedgerError::invalid(
+                        "--as-of",
+                        format!("hold-{hold_id} expires at {at} UTC, not yet"),
+                    ))
                 }
-                None => return Err(LedgerError::invalid("HOLD", format!("hold-{hold_id} has no expiry; release it instead"))),
+                None => {
+                    return Err(LedgerError::invalid(
+                        "HOLD",
+                        format!("hold-{hold_id} has no expiry; release it instead"),
+                    ))
+                }
             }
         }
         let remaining = UsdMicros::from_stored(hold.remaining_micros);
-        let reason = if reason.is_empty() { "released by an administrator" } else { reason };
+        let reason = if reason.is_empty() {
+            "released by an administrator"
+        } else {
+            reason
+        };
         let p = Pending {
             kind,
             amount: remaining,
@@ -1143,7 +1425,11 @@ fn end_hold(conn: &mut DbConn, ctx: &OpContext, hold_id: i64, reason: &str, key:
         };
         let row = append(conn, ctx, &mut acct, &p)?;
         save_account(conn, ctx, &acct)?;
-        let state = if kind == EntryKind::Expiry { HoldState::Expired } else { HoldState::Released };
+        let state = if kind == EntryKind::Expiry {
+            HoldState::Expired
+        } else {
+            HoldState::Released
+        };
         diesel::update(holds::table.find(hold.id))
             .set((
                 holds::remaining_micros.eq(0i64),
@@ -1152,12 +1438,20 @@ fn end_hold(conn: &mut DbConn, ctx: &OpContext, hold_id: i64, reason: &str, key:
             ))
             .execute(conn)?;
         let hold = load_hold(conn, hold.id)?;
-        Ok(Released { hold: hold.to_record(&acct.name), entry: row.to_record(&acct.name, None), replayed: false })
+        Ok(Released {
+            hold: hold.to_record(&acct.name),
+            entry: row.to_record(&acct.name, None),
+            replayed: false,
+        })
     })
 }
 
 /// Reads an entry by id (used by callers that need a fresh copy).
 pub fn entry(conn: &mut DbConn, id: i64) -> Result<Option<Entry>, LedgerError> {
-    let row = journal::table.find(id).select(JournalRow::as_select()).first(conn).optional()?;
+    let row = journal::table
+        .find(id)
+        .select(JournalRow::as_select())
+        .first(conn)
+        .optional()?;
     row.map(|r| entry_record(conn, &r)).transpose()
 }

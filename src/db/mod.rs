@@ -126,7 +126,10 @@ impl DbUrl {
         if u.starts_with("postgres://") || u.starts_with("postgresql://") {
             return Ok(DbUrl::Postgres(u.to_string()));
         }
-        if let Some(path) = u.strip_prefix("sqlite://").or_else(|| u.strip_prefix("sqlite:")) {
+        if let Some(path) = u
+            .strip_prefix("sqlite://")
+            .or_else(|| u.strip_prefix("sqlite:"))
+        {
             if path.is_empty() {
                 return Err(DbError::EmptyUrl);
             }
@@ -156,8 +159,12 @@ impl DbUrl {
 }
 
 fn redact_password(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
-    let Some((userinfo, host)) = rest.split_once('@') else { return url.to_string() };
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let Some((userinfo, host)) = rest.split_once('@') else {
+        return url.to_string();
+    };
     match userinfo.split_once(':') {
         Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
         None => url.to_string(),
@@ -185,7 +192,10 @@ pub enum SqliteSync {
 
 impl Default for ConnectOptions {
     fn default() -> Self {
-        ConnectOptions { busy_timeout: Duration::from_secs(30), sqlite_synchronous: SqliteSync::Full }
+        ConnectOptions {
+            busy_timeout: Duration::from_secs(30),
+            sqlite_synchronous: SqliteSync::Full,
+        }
     }
 }
 
@@ -206,11 +216,12 @@ pub fn connect(url: &DbUrl, opts: &ConnectOptions, create: Create) -> Result<DbC
                 return Err(DbError::MissingFile(path.clone()));
             }
             let location = path.display().to_string();
-            let mut c = SqliteConnection::establish(&location).map_err(|source| DbError::Connect {
-                backend: "sqlite",
-                location: location.clone(),
-                source,
-            })?;
+            let mut c =
+                SqliteConnection::establish(&location).map_err(|source| DbError::Connect {
+                    backend: "sqlite",
+                    location: location.clone(),
+                    source,
+                })?;
             let sync = match opts.sqlite_synchronous {
                 SqliteSync::Full => "FULL",
                 SqliteSync::Normal => "NORMAL",
@@ -259,8 +270,10 @@ pub struct SchemaStatus {
 pub fn schema_status(conn: &mut DbConn) -> Result<SchemaStatus, DbError> {
     use diesel::migration::MigrationSource;
     let known: Vec<String> = match conn {
-        DbConn::Sqlite(_) => MigrationSource::<diesel::sqlite::Sqlite>::migrations(&SQLITE_MIGRATIONS)
-            .map(|ms| ms.iter().map(|m| m.name().version().to_string()).collect()),
+        DbConn::Sqlite(_) => {
+            MigrationSource::<diesel::sqlite::Sqlite>::migrations(&SQLITE_MIGRATIONS)
+                .map(|ms| ms.iter().map(|m| m.name().version().to_string()).collect())
+        }
         DbConn::Postgres(_) => MigrationSource::<diesel::pg::Pg>::migrations(&POSTGRES_MIGRATIONS)
             .map(|ms| ms.iter().map(|m| m.name().version().to_string()).collect()),
     }
@@ -273,9 +286,21 @@ pub fn schema_status(conn: &mut DbConn) -> Result<SchemaStatus, DbError> {
     .iter()
     .map(|v| v.to_string())
     .collect();
-    let pending = known.iter().filter(|k| !applied.contains(k)).cloned().collect();
-    let unknown = applied.iter().filter(|a| !known.contains(a)).cloned().collect();
-    Ok(SchemaStatus { applied, pending, unknown })
+    let pending = known
+        .iter()
+        .filter(|k| !applied.contains(k))
+        .cloned()
+        .collect();
+    let unknown = applied
+        .iter()
+        .filter(|a| !known.contains(a))
+        .cloned()
+        .collect();
+    Ok(SchemaStatus {
+        applied,
+        pending,
+        unknown,
+    })
 }
 
 /// Refuses an unmigrated or newer-than-known schema.
@@ -285,7 +310,10 @@ pub fn check_schema(conn: &mut DbConn) -> Result<(), DbError> {
         return Err(DbError::TooNew(u.clone()));
     }
     if let Some(p) = s.pending.first() {
-        return Err(DbError::Unmigrated { pending: s.pending.len(), first: p.clone() });
+        return Err(DbError::Unmigrated {
+            pending: s.pending.len(),
+            first: p.clone(),
+        });
     }
     Ok(())
 }
@@ -325,7 +353,10 @@ pub fn backend_of(conn: &DbConn) -> Backend {
 /// Runs `f` in a write transaction: `BEGIN IMMEDIATE` on SQLite (the write lock is taken up
 /// front, waiting up to the busy timeout), a plain `BEGIN` on PostgreSQL (callers lock the rows
 /// they change). Commits on `Ok`, rolls back on `Err`.
-pub fn write_transaction<T, E>(conn: &mut DbConn, f: impl FnOnce(&mut DbConn) -> Result<T, E>) -> Result<T, E>
+pub fn write_transaction<T, E>(
+    conn: &mut DbConn,
+    f: impl FnOnce(&mut DbConn) -> Result<T, E>,
+) -> Result<T, E>
 where
     E: From<diesel::result::Error>,
 {
@@ -353,13 +384,30 @@ mod tests {
 
     #[test]
     fn urls_choose_the_backend_by_scheme() {
-        assert_eq!(DbUrl::parse("/var/lib/asbb/asbb.db").unwrap(), DbUrl::Sqlite("/var/lib/asbb/asbb.db".into()));
-        assert_eq!(DbUrl::parse("sqlite:///tmp/x.db").unwrap(), DbUrl::Sqlite("/tmp/x.db".into()));
-        assert_eq!(DbUrl::parse("sqlite://rel.db").unwrap(), DbUrl::Sqlite("rel.db".into()));
+        assert_eq!(
+            DbUrl::parse("/var/lib/asbb/asbb.db").unwrap(),
+            DbUrl::Sqlite("/var/lib/asbb/asbb.db".into())
+        );
+        assert_eq!(
+            DbUrl::parse("sqlite:///tmp/x.db").unwrap(),
+            DbUrl::Sqlite("/tmp/x.db".into())
+        );
+        assert_eq!(
+            DbUrl::parse("sqlite://rel.db").unwrap(),
+            DbUrl::Sqlite("rel.db".into())
+        );
         assert_eq!(DbUrl::parse("asbb.db").unwrap().backend(), Backend::Sqlite);
-        assert_eq!(DbUrl::parse("postgres://u@h/db").unwrap().backend(), Backend::Postgres);
-        assert_eq!(DbUrl::parse("postgresql://u@h/db").unwrap().backend(), Backend::Postgres);
-        assert!(matches!(DbUrl::parse("mysql://h/db"), Err(DbError::UnsupportedScheme(s)) if s == "mysql"));
+        assert_eq!(
+            DbUrl::parse("postgres://u@h/db").unwrap().backend(),
+            Backend::Postgres
+        );
+        assert_eq!(
+            DbUrl::parse("postgresql://u@h/db").unwrap().backend(),
+            Backend::Postgres
+        );
+        assert!(
+            matches!(DbUrl::parse("mysql://h/db"), Err(DbError::UnsupportedScheme(s)) if s == "mysql")
+        );
         assert!(matches!(DbUrl::parse("  "), Err(DbError::EmptyUrl)));
     }
 

@@ -2,7 +2,6 @@
 
 use chrono::{DateTime, NaiveDateTime, Utc};
 use diesel::prelude::*;
-use serde::Serialize;
 
 use super::schema::{account_changes, account_partitions, accounts, holds, journal};
 use crate::domain::ledger::{AccountStatus, Balances, Effect, EntryKind, HoldState};
@@ -243,13 +242,12 @@ pub(crate) struct NewJournalRow<'a> {
 }
 
 /// An `account_changes` row.
-#[derive(Debug, Clone, Queryable, Selectable, Serialize)]
+#[derive(Debug, Clone, Queryable, Selectable)]
 #[diesel(table_name = account_changes)]
 pub struct AccountChangeRow {
     /// Row id.
     pub id: i64,
     /// Account id.
-    #[serde(skip)]
     pub account_id: i64,
     /// Which setting changed.
     pub field: String,

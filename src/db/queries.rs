@@ -3,7 +3,10 @@
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 
-use super::models::{Account, AccountChangeRow, AccountRow, Entry, Hold, HoldRow, JournalRow, PartitionRow, PartitionUsage};
+use super::models::{
+    Account, AccountChangeRow, AccountRow, Entry, Hold, HoldRow, JournalRow, PartitionRow,
+    PartitionUsage,
+};
 use super::schema::{account_changes, account_partitions, accounts, holds, journal};
 use super::DbConn;
 use crate::db::ledger::LedgerError;
@@ -23,8 +26,14 @@ pub fn account(conn: &mut DbConn, name: &str) -> Result<Account, LedgerError> {
 }
 
 /// All accounts, by name, optionally of one status.
-pub fn accounts(conn: &mut DbConn, status: Option<AccountStatus>) -> Result<Vec<Account>, LedgerError> {
-    let mut q = accounts::table.select(AccountRow::as_select()).order(accounts::name).into_boxed();
+pub fn accounts(
+    conn: &mut DbConn,
+    status: Option<AccountStatus>,
+) -> Result<Vec<Account>, LedgerError> {
+    let mut q = accounts::table
+        .select(AccountRow::as_select())
+        .order(accounts::name)
+        .into_boxed();
     if let Some(s) = status {
         q = q.filter(accounts::status.eq(s.as_str()));
     }
@@ -85,7 +94,11 @@ pub fn entries(conn: &mut DbConn, f: &EntryFilter) -> Result<Vec<Entry>, LedgerE
     let mut q = journal::table
         .inner_join(accounts::table)
         .left_join(holds::table)
-        .select((JournalRow::as_select(), accounts::name, holds::state.nullable()))
+        .select((
+            JournalRow::as_select(),
+            accounts::name,
+            holds::state.nullable(),
+        ))
         .order(journal::id.desc())
         .into_boxed();
     if let Some(a) = &f.account {
@@ -126,7 +139,11 @@ pub fn entry(conn: &mut DbConn, id: i64) -> Result<Option<Entry>, LedgerError> {
         .inner_join(accounts::table)
         .left_join(holds::table)
         .filter(journal::id.eq(id))
-        .select((JournalRow::as_select(), accounts::name, holds::state.nullable()))
+        .select((
+            JournalRow::as_select(),
+            accounts::name,
+            holds::state.nullable(),
+        ))
         .first(conn)
         .optional()?;
     Ok(row.map(|(r, name, state)| r.to_record(&name, state.and_then(|s| s.parse().ok()))))
@@ -140,11 +157,17 @@ pub fn hold(conn: &mut DbConn, id: i64) -> Result<Hold, LedgerError> {
         .select((HoldRow::as_select(), accounts::name))
         .first(conn)
         .optional()?;
-    row.map(|(h, name)| h.to_record(&name)).ok_or(LedgerError::UnknownHold(id))
+    row.map(|(h, name)| h.to_record(&name))
+        .ok_or(LedgerError::UnknownHold(id))
 }
 
 /// Holds, newest first, optionally of one account and state.
-pub fn holds(conn: &mut DbConn, account: Option<&str>, state: Option<HoldState>, limit: Option<i64>) -> Result<Vec<Hold>, LedgerError> {
+pub fn holds(
+    conn: &mut DbConn,
+    account: Option<&str>,
+    state: Option<HoldState>,
+    limit: Option<i64>,
+) -> Result<Vec<Hold>, LedgerError> {
     let mut q = holds::table
         .inner_join(accounts::table)
         .select((HoldRow::as_select(), accounts::name))
@@ -161,7 +184,10 @@ pub fn holds(conn: &mut DbConn, account: Option<&str>, state: Option<HoldState>,
         q = q.limit(n);
     }
     let rows: Vec<(HoldRow, String)> = q.load(conn)?;
-    Ok(rows.into_iter().map(|(h, name)| h.to_record(&name)).collect())
+    Ok(rows
+        .into_iter()
+        .map(|(h, name)| h.to_record(&name))
+        .collect())
 }
 
 /// Counts of an account's holds by state and of its charges.
@@ -205,7 +231,10 @@ pub fn activity(conn: &mut DbConn, name: &str) -> Result<ActivityCounts, LedgerE
 }
 
 /// Changes of an account's settings, oldest first.
-pub fn account_changes(conn: &mut DbConn, name: &str) -> Result<Vec<AccountChangeRow>, LedgerError> {
+pub fn account_changes(
+    conn: &mut DbConn,
+    name: &str,
+) -> Result<Vec<AccountChangeRow>, LedgerError> {
     let id = account_id(conn, name)?;
     Ok(account_changes::table
         .filter(account_changes::account_id.eq(id))

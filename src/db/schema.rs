@@ -100,4 +100,10 @@ diesel::joinable!(journal -> accounts (account_id));
 diesel::joinable!(journal -> holds (hold_id));
 diesel::joinable!(account_changes -> accounts (account_id));
 
-diesel::allow_tables_to_appear_in_same_query!(accounts, account_partitions, holds, journal, account_changes);
+diesel::allow_tables_to_appear_in_same_query!(
+    accounts,
+    account_partitions,
+    holds,
+    journal,
+    account_changes
+);

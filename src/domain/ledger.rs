@@ -117,7 +117,12 @@ impl Effect {
     /// | refund | > 0 | 0 | −amount | 0 |
     /// | adjustment | ≠ 0 | +amount | 0 | 0 |
     pub fn check(self, kind: EntryKind, amount: UsdMicros) -> Result<(), EffectError> {
-        let (c, ch, h, a) = (self.credited.micros(), self.charged.micros(), self.held.micros(), amount.micros());
+        let (c, ch, h, a) = (
+            self.credited.micros(),
+            self.charged.micros(),
+            self.held.micros(),
+            amount.micros(),
+        );
         let ok = match kind {
             EntryKind::Credit => a > 0 && c == a && ch == 0 && h == 0,
             EntryKind::Hold => a > 0 && c == 0 && ch == 0 && h == a,
@@ -129,7 +134,13 @@ impl Effect {
         if ok {
             Ok(())
         } else {
-            Err(EffectError { kind, amount, credited: c, charged: ch, held: h })
+            Err(EffectError {
+                kind,
+                amount,
+                credited: c,
+                charged: ch,
+                held: h,
+            })
         }
     }
 
@@ -137,13 +148,31 @@ impl Effect {
     pub fn simple(kind: EntryKind, amount: UsdMicros) -> Result<Effect, MoneyError> {
         let zero = UsdMicros::ZERO;
         Ok(match kind {
-            EntryKind::Credit | EntryKind::Adjustment => Effect { credited: amount, charged: zero, held: zero },
-            EntryKind::Hold => Effect { credited: zero, charged: zero, held: amount },
-            EntryKind::Release | EntryKind::Expiry => {
-                Effect { credited: zero, charged: zero, held: amount.checked_neg()? }
-            }
-            EntryKind::Refund => Effect { credited: zero, charged: amount.checked_neg()?, held: zero },
-            EntryKind::Charge => Effect { credited: zero, charged: amount, held: zero },
+            EntryKind::Credit | EntryKind::Adjustment => Effect {
+                credited: amount,
+                charged: zero,
+                held: zero,
+            },
+            EntryKind::Hold => Effect {
+                credited: zero,
+                charged: zero,
+                held: amount,
+            },
+            EntryKind::Release | EntryKind::Expiry => Effect {
+                credited: zero,
+                charged: zero,
+                held: amount.checked_neg()?,
+            },
+            EntryKind::Refund => Effect {
+                credited: zero,
+                charged: amount.checked_neg()?,
+                held: zero,
+            },
+            EntryKind::Charge => Effect {
+                credited: zero,
+                charged: amount,
+                held: zero,
+            },
         })
     }
 }
@@ -208,7 +237,9 @@ impl FromStr for AccountStatus {
             "active" => Ok(AccountStatus::Active),
             "suspended" => Ok(AccountStatus::Suspended),
             "closed" => Ok(AccountStatus::Closed),
-            _ => Err(format!("unknown account status '{s}' (expected active, suspended or closed)")),
+            _ => Err(format!(
+                "unknown account status '{s}' (expected active, suspended or closed)"
+            )),
         }
     }
 }
@@ -234,7 +265,12 @@ pub enum HoldState {
 
 impl HoldState {
     /// Every state.
-    pub const ALL: [HoldState; 4] = [HoldState::Open, HoldState::Charged, HoldState::Released, HoldState::Expired];
+    pub const ALL: [HoldState; 4] = [
+        HoldState::Open,
+        HoldState::Charged,
+        HoldState::Released,
+        HoldState::Expired,
+    ];
 
     /// The stored spelling.
     pub fn as_str(self) -> &'static str {
@@ -256,7 +292,9 @@ impl FromStr for HoldState {
             "charged" | "reconciled" => Ok(HoldState::Charged),
             "released" => Ok(HoldState::Released),
             "expired" => Ok(HoldState::Expired),
-            _ => Err(format!("unknown hold status '{s}' (expected pending/open, charged, released or expired)")),
+            _ => Err(format!(
+                "unknown hold status '{s}' (expected pending/open, charged, released or expired)"
+            )),
         }
     }
 }
@@ -343,7 +381,11 @@ pub struct PartitionUse<'a> {
 }
 
 /// Decides pessimistically whether a hold of `amount` may be placed at `at`.
-pub fn decide_hold(ctx: &HoldContext<'_>, amount: UsdMicros, at: DateTime<Utc>) -> Result<(), Denial> {
+pub fn decide_hold(
+    ctx: &HoldContext<'_>,
+    amount: UsdMicros,
+    at: DateTime<Utc>,
+) -> Result<(), Denial> {
     let deny = |reason, message: String| Err(Denial { reason, message });
     match ctx.status {
         AccountStatus::Active => {}
@@ -357,13 +399,21 @@ pub fn decide_hold(ctx: &HoldContext<'_>, amount: UsdMicros, at: DateTime<Utc>) 
     if at < ctx.starts_at {
         return deny(
             DenyReason::AccountInactive,
-            format!("budget account '{}' starts on {}", ctx.account, ctx.starts_at.format("%Y-%m-%d")),
+            format!(
+                "budget account '{}' starts on {}",
+                ctx.account,
+                ctx.starts_at.format("%Y-%m-%d")
+            ),
         );
     }
     if at >= ctx.ends_at {
         return deny(
             DenyReason::AccountExpired,
-            format!("budget account '{}' ended on {}", ctx.account, ctx.ends_at.format("%Y-%m-%d %H:%M UTC")),
+            format!(
+                "budget account '{}' ended on {}",
+                ctx.account,
+                ctx.ends_at.format("%Y-%m-%d %H:%M UTC")
+            ),
         );
     }
     let available = ctx.balances.available(ctx.overdraft).map_err(|e| Denial {
@@ -380,9 +430,16 @@ pub fn decide_hold(ctx: &HoldContext<'_>, amount: UsdMicros, at: DateTime<Utc>) 
         );
     }
     if let Some(p) = ctx.partition {
-        let after = p.used.checked_add(amount).unwrap_or(UsdMicros::from_stored(i64::MAX));
+        let after = p
+            .used
+            .checked_add(amount)
+            .unwrap_or(UsdMicros::from_stored(i64::MAX));
         if after > p.limit {
-            let left = p.limit.checked_sub(p.used).unwrap_or(UsdMicros::ZERO).max(UsdMicros::ZERO);
+            let left = p
+                .limit
+                .checked_sub(p.used)
+                .unwrap_or(UsdMicros::ZERO)
+                .max(UsdMicros::ZERO);
             return deny(
                 DenyReason::PartitionLimit,
                 format!(
@@ -508,10 +565,12 @@ pub fn request_digest(parts: &[&str]) -> String {
 
 fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 #[cfg(test)]
@@ -541,40 +600,71 @@ mod tests {
 
     #[test]
     fn hold_needs_available_funds() {
-        let b = Balances { credited: usd(100), charged: usd(30), held: usd(20) };
+        let b = Balances {
+            credited: usd(100),
+            charged: usd(30),
+            held: usd(20),
+        };
         assert!(decide_hold(&ctx(b), usd(50), mid()).is_ok());
-        let d = decide_hold(&ctx(b), UsdMicros::from_micros(50_000_001).unwrap(), mid()).unwrap_err();
+        let d =
+            decide_hold(&ctx(b), UsdMicros::from_micros(50_000_001).unwrap(), mid()).unwrap_err();
         assert_eq!(d.reason, DenyReason::InsufficientFunds);
         assert!(d.message.contains("$50.00 available"), "{}", d.message);
     }
 
     #[test]
     fn overdraft_extends_available() {
-        let b = Balances { credited: usd(10), charged: usd(10), held: UsdMicros::ZERO };
+        let b = Balances {
+            credited: usd(10),
+            charged: usd(10),
+            held: UsdMicros::ZERO,
+        };
         let mut c = ctx(b);
-        assert_eq!(decide_hold(&c, usd(5), mid()).unwrap_err().reason, DenyReason::InsufficientFunds);
+        assert_eq!(
+            decide_hold(&c, usd(5), mid()).unwrap_err().reason,
+            DenyReason::InsufficientFunds
+        );
         c.overdraft = usd(5);
         assert!(decide_hold(&c, usd(5), mid()).is_ok());
     }
 
     #[test]
     fn status_and_dates_are_checked() {
-        let b = Balances { credited: usd(100), ..Default::default() };
+        let b = Balances {
+            credited: usd(100),
+            ..Default::default()
+        };
         let mut c = ctx(b);
         c.status = AccountStatus::Suspended;
-        assert_eq!(decide_hold(&c, usd(1), mid()).unwrap_err().reason, DenyReason::AccountInactive);
+        assert_eq!(
+            decide_hold(&c, usd(1), mid()).unwrap_err().reason,
+            DenyReason::AccountInactive
+        );
         let c = ctx(b);
         let after = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
-        assert_eq!(decide_hold(&c, usd(1), after).unwrap_err().reason, DenyReason::AccountExpired);
+        assert_eq!(
+            decide_hold(&c, usd(1), after).unwrap_err().reason,
+            DenyReason::AccountExpired
+        );
         let before = Utc.with_ymd_and_hms(2024, 12, 31, 23, 59, 59).unwrap();
-        assert_eq!(decide_hold(&c, usd(1), before).unwrap_err().reason, DenyReason::AccountInactive);
+        assert_eq!(
+            decide_hold(&c, usd(1), before).unwrap_err().reason,
+            DenyReason::AccountInactive
+        );
     }
 
     #[test]
     fn partition_limit_applies() {
-        let b = Balances { credited: usd(1000), ..Default::default() };
+        let b = Balances {
+            credited: usd(1000),
+            ..Default::default()
+        };
         let mut c = ctx(b);
-        c.partition = Some(PartitionUse { name: "gpu", limit: usd(100), used: usd(90) });
+        c.partition = Some(PartitionUse {
+            name: "gpu",
+            limit: usd(100),
+            used: usd(90),
+        });
         assert!(decide_hold(&c, usd(10), mid()).is_ok());
         let d = decide_hold(&c, usd(11), mid()).unwrap_err();
         assert_eq!(d.reason, DenyReason::PartitionLimit);
@@ -584,9 +674,15 @@ mod tests {
     #[test]
     fn settlement_releases_remainder_and_flags_overrun() {
         let s = settle(usd(120), usd(100)).unwrap();
-        assert_eq!((s.consumed, s.released, s.overrun), (usd(100), usd(20), UsdMicros::ZERO));
+        assert_eq!(
+            (s.consumed, s.released, s.overrun),
+            (usd(100), usd(20), UsdMicros::ZERO)
+        );
         let s = settle(usd(120), usd(150)).unwrap();
-        assert_eq!((s.consumed, s.released, s.overrun), (usd(120), UsdMicros::ZERO, usd(30)));
+        assert_eq!(
+            (s.consumed, s.released, s.overrun),
+            (usd(120), UsdMicros::ZERO, usd(30))
+        );
         let s = settle(usd(120), UsdMicros::ZERO).unwrap();
         assert_eq!((s.consumed, s.released), (UsdMicros::ZERO, usd(120)));
     }
@@ -594,17 +690,41 @@ mod tests {
     #[test]
     fn effect_rules() {
         let a = usd(10);
-        for kind in [EntryKind::Credit, EntryKind::Hold, EntryKind::Release, EntryKind::Refund, EntryKind::Adjustment, EntryKind::Expiry] {
+        for kind in [
+            EntryKind::Credit,
+            EntryKind::Hold,
+            EntryKind::Release,
+            EntryKind::Refund,
+            EntryKind::Adjustment,
+            EntryKind::Expiry,
+        ] {
             Effect::simple(kind, a).unwrap().check(kind, a).unwrap();
         }
-        let charge = Effect { credited: UsdMicros::ZERO, charged: a, held: usd(-4) };
+        let charge = Effect {
+            credited: UsdMicros::ZERO,
+            charged: a,
+            held: usd(-4),
+        };
         assert!(charge.check(EntryKind::Charge, a).is_ok());
-        let bad = Effect { credited: UsdMicros::ZERO, charged: a, held: usd(-11) };
+        let bad = Effect {
+            credited: UsdMicros::ZERO,
+            charged: a,
+            held: usd(-11),
+        };
         assert!(bad.check(EntryKind::Charge, a).is_err());
-        assert!(Effect::simple(EntryKind::Credit, a).unwrap().check(EntryKind::Hold, a).is_err());
+        assert!(Effect::simple(EntryKind::Credit, a)
+            .unwrap()
+            .check(EntryKind::Hold, a)
+            .is_err());
         let neg = usd(-5);
-        assert!(Effect::simple(EntryKind::Adjustment, neg).unwrap().check(EntryKind::Adjustment, neg).is_ok());
-        assert!(Effect::simple(EntryKind::Credit, neg).unwrap().check(EntryKind::Credit, neg).is_err());
+        assert!(Effect::simple(EntryKind::Adjustment, neg)
+            .unwrap()
+            .check(EntryKind::Adjustment, neg)
+            .is_ok());
+        assert!(Effect::simple(EntryKind::Credit, neg)
+            .unwrap()
+            .check(EntryKind::Credit, neg)
+            .is_err());
     }
 
     fn fields<'a>(prev: &'a str, reason: &'a str) -> ChainFields<'a> {
@@ -636,7 +756,11 @@ mod tests {
         let h1 = entry_hash(&fields(&g, "deposit"));
         assert_eq!(h1, entry_hash(&fields(&g, "deposit")), "deterministic");
         assert_ne!(h1, entry_hash(&fields(&g, "deposit!")), "reason is covered");
-        assert_ne!(h1, entry_hash(&fields(&genesis_hash("x"), "deposit")), "previous hash is covered");
+        assert_ne!(
+            h1,
+            entry_hash(&fields(&genesis_hash("x"), "deposit")),
+            "previous hash is covered"
+        );
         let mut f = fields(&g, "deposit");
         f.amount = usd(6);
         assert_ne!(h1, entry_hash(&f), "amount is covered");
@@ -655,7 +779,10 @@ mod tests {
     fn kinds_parse() {
         assert_eq!("deposit".parse::<EntryKind>().unwrap(), EntryKind::Credit);
         assert_eq!("HOLD".parse::<EntryKind>().unwrap(), EntryKind::Hold);
-        assert!("bogus".parse::<EntryKind>().unwrap_err().contains("expected one of"));
+        assert!("bogus"
+            .parse::<EntryKind>()
+            .unwrap_err()
+            .contains("expected one of"));
         assert_eq!("pending".parse::<HoldState>().unwrap(), HoldState::Open);
     }
 }

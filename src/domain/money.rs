@@ -94,17 +94,26 @@ impl UsdMicros {
 
     /// `self + other`, or an error on overflow.
     pub fn checked_add(self, other: UsdMicros) -> Result<UsdMicros, MoneyError> {
-        self.0.checked_add(other.0).map(UsdMicros).ok_or(MoneyError::Overflow)
+        self.0
+            .checked_add(other.0)
+            .map(UsdMicros)
+            .ok_or(MoneyError::Overflow)
     }
 
     /// `self - other`, or an error on overflow.
     pub fn checked_sub(self, other: UsdMicros) -> Result<UsdMicros, MoneyError> {
-        self.0.checked_sub(other.0).map(UsdMicros).ok_or(MoneyError::Overflow)
+        self.0
+            .checked_sub(other.0)
+            .map(UsdMicros)
+            .ok_or(MoneyError::Overflow)
     }
 
     /// `-self`, or an error on overflow.
     pub fn checked_neg(self) -> Result<UsdMicros, MoneyError> {
-        self.0.checked_neg().map(UsdMicros).ok_or(MoneyError::Overflow)
+        self.0
+            .checked_neg()
+            .map(UsdMicros)
+            .ok_or(MoneyError::Overflow)
     }
 
     /// The smaller of two amounts.
@@ -149,7 +158,8 @@ impl UsdMicros {
         if !int_ok || !frac_ok || (int_part.is_empty() && frac_part.is_none()) {
             return Err(MoneyError::NotANumber(t.to_string()));
         }
-        let decimal = Decimal::from_str_exact(t).map_err(|_| MoneyError::OutOfRange(t.to_string()))?;
+        let decimal =
+            Decimal::from_str_exact(t).map_err(|_| MoneyError::OutOfRange(t.to_string()))?;
         Self::from_decimal_exact(decimal, t)
     }
 
@@ -161,7 +171,8 @@ impl UsdMicros {
             return Err(MoneyError::Empty);
         }
         if t.contains(['e', 'E']) {
-            let decimal = Decimal::from_scientific(t).map_err(|_| MoneyError::NotANumber(t.to_string()))?;
+            let decimal =
+                Decimal::from_scientific(t).map_err(|_| MoneyError::NotANumber(t.to_string()))?;
             return Self::from_decimal_exact(decimal, t);
         }
         Self::parse(t)
@@ -259,7 +270,11 @@ mod tests {
         assert_eq!(m("+7.1"), 7_100_000);
         assert_eq!(m(".5"), 500_000);
         assert_eq!(m("  12.25 "), 12_250_000);
-        assert_eq!(m("1.230000000"), 1_230_000, "trailing zeros beyond 6 are not precision");
+        assert_eq!(
+            m("1.230000000"),
+            1_230_000,
+            "trailing zeros beyond 6 are not precision"
+        );
     }
 
     #[test]
@@ -268,30 +283,51 @@ mod tests {
             UsdMicros::parse("12.3456789"),
             Err(MoneyError::TooPrecise("12.3456789".into()))
         );
-        assert!(matches!(UsdMicros::parse("0.0000001"), Err(MoneyError::TooPrecise(_))));
+        assert!(matches!(
+            UsdMicros::parse("0.0000001"),
+            Err(MoneyError::TooPrecise(_))
+        ));
     }
 
     #[test]
     fn refuses_malformed_text() {
-        for bad in ["", " ", "abc", "1,000", "$5", "1e3", "--1", "1.2.3", "NaN", "inf", ".", "-", "1 000", "0x10", "5.-1", "5."] {
+        for bad in [
+            "", " ", "abc", "1,000", "$5", "1e3", "--1", "1.2.3", "NaN", "inf", ".", "-", "1 000",
+            "0x10", "5.-1", "5.",
+        ] {
             assert!(UsdMicros::parse(bad).is_err(), "{bad:?} should be refused");
         }
     }
 
     #[test]
     fn refuses_out_of_range() {
-        assert!(matches!(UsdMicros::parse("1000000000001"), Err(MoneyError::OutOfRange(_))));
+        assert!(matches!(
+            UsdMicros::parse("1000000000001"),
+            Err(MoneyError::OutOfRange(_))
+        ));
         assert!(UsdMicros::parse("1000000000000").is_ok());
-        assert!(matches!(UsdMicros::parse("99999999999999999999999999999"), Err(MoneyError::OutOfRange(_))));
+        assert!(matches!(
+            UsdMicros::parse("99999999999999999999999999999"),
+            Err(MoneyError::OutOfRange(_))
+        ));
         assert!(UsdMicros::from_micros(i64::MIN).is_err());
     }
 
     #[test]
     fn json_numbers_in_exponent_form_are_exact() {
-        assert_eq!(UsdMicros::parse_json_number("5e-07").map(|m| m.micros()), Err(MoneyError::TooPrecise("5e-07".into())).map(|m: UsdMicros| m.micros()));
+        assert_eq!(
+            UsdMicros::parse_json_number("5e-07").map(|m| m.micros()),
+            Err(MoneyError::TooPrecise("5e-07".into())).map(|m: UsdMicros| m.micros())
+        );
         assert_eq!(UsdMicros::parse_json_number("5e-06").unwrap().micros(), 5);
-        assert_eq!(UsdMicros::parse_json_number("1.5E2").unwrap().micros(), 150_000_000);
-        assert_eq!(UsdMicros::parse_json_number("2").unwrap().micros(), 2_000_000);
+        assert_eq!(
+            UsdMicros::parse_json_number("1.5E2").unwrap().micros(),
+            150_000_000
+        );
+        assert_eq!(
+            UsdMicros::parse_json_number("2").unwrap().micros(),
+            2_000_000
+        );
     }
 
     #[test]
@@ -316,10 +352,21 @@ mod tests {
     #[test]
     fn checked_arithmetic_catches_overflow() {
         let big = UsdMicros::from_stored(i64::MAX);
-        assert_eq!(big.checked_add(UsdMicros::from_stored(1)), Err(MoneyError::Overflow));
-        assert_eq!(UsdMicros::from_stored(i64::MIN).checked_neg(), Err(MoneyError::Overflow));
+        assert_eq!(
+            big.checked_add(UsdMicros::from_stored(1)),
+            Err(MoneyError::Overflow)
+        );
+        assert_eq!(
+            UsdMicros::from_stored(i64::MIN).checked_neg(),
+            Err(MoneyError::Overflow)
+        );
         let a = UsdMicros::from_usd(5).unwrap();
-        assert_eq!(a.checked_sub(UsdMicros::from_usd(7).unwrap()).unwrap().micros(), -2_000_000);
+        assert_eq!(
+            a.checked_sub(UsdMicros::from_usd(7).unwrap())
+                .unwrap()
+                .micros(),
+            -2_000_000
+        );
     }
 
     #[test]
@@ -327,7 +374,10 @@ mod tests {
         let v = UsdMicros::from_micros(5).unwrap();
         assert_eq!(v.mul_decimal(Decimal::new(15, 1)).unwrap().micros(), 8); // 7.5 -> 8
         let v = UsdMicros::from_usd(100).unwrap();
-        assert_eq!(v.mul_decimal(Decimal::new(12, 1)).unwrap().micros(), 120_000_000);
+        assert_eq!(
+            v.mul_decimal(Decimal::new(12, 1)).unwrap().micros(),
+            120_000_000
+        );
     }
 
     #[test]
@@ -341,7 +391,10 @@ mod tests {
 
     #[test]
     fn sign_checks_name_the_problem() {
-        assert!(matches!(UsdMicros::parse("-1").unwrap().non_negative(), Err(MoneyError::Negative(_))));
+        assert!(matches!(
+            UsdMicros::parse("-1").unwrap().non_negative(),
+            Err(MoneyError::Negative(_))
+        ));
         assert_eq!(UsdMicros::ZERO.positive(), Err(MoneyError::Zero));
     }
 }

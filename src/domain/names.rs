@@ -58,19 +58,33 @@ fn check(what: &'static str, name: &str, allow_upper: bool) -> Result<(), NameEr
         return Err(NameError::Empty { what });
     }
     if name.len() > NAME_LEN_MAX {
-        return Err(NameError::TooLong { what, name: name.into() });
+        return Err(NameError::TooLong {
+            what,
+            name: name.into(),
+        });
     }
     if !allow_upper && name.chars().any(|c| c.is_ascii_uppercase()) {
-        return Err(NameError::UpperCase { what, name: name.into(), lower: name.to_ascii_lowercase() });
+        return Err(NameError::UpperCase {
+            what,
+            name: name.into(),
+            lower: name.to_ascii_lowercase(),
+        });
     }
     if let Some(ch) = name
         .chars()
         .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')))
     {
-        return Err(NameError::BadChar { what, name: name.into(), ch });
+        return Err(NameError::BadChar {
+            what,
+            name: name.into(),
+            ch,
+        });
     }
     if !name.starts_with(|c: char| c.is_ascii_alphanumeric()) {
-        return Err(NameError::BadStart { what, name: name.into() });
+        return Err(NameError::BadStart {
+            what,
+            name: name.into(),
+        });
     }
     Ok(())
 }
@@ -209,13 +223,31 @@ mod tests {
     fn account_names_follow_slurm() {
         assert!(AccountName::new("ml-proj-001").is_ok());
         assert!(AccountName::new("a.b_c").is_ok());
-        assert!(matches!(AccountName::new("ML"), Err(NameError::UpperCase { .. })));
-        assert!(matches!(AccountName::new("a b"), Err(NameError::BadChar { ch: ' ', .. })));
-        assert!(matches!(AccountName::new("a;rm -rf"), Err(NameError::BadChar { ch: ';', .. })));
-        assert!(matches!(AccountName::new("-x"), Err(NameError::BadStart { .. })));
+        assert!(matches!(
+            AccountName::new("ML"),
+            Err(NameError::UpperCase { .. })
+        ));
+        assert!(matches!(
+            AccountName::new("a b"),
+            Err(NameError::BadChar { ch: ' ', .. })
+        ));
+        assert!(matches!(
+            AccountName::new("a;rm -rf"),
+            Err(NameError::BadChar { ch: ';', .. })
+        ));
+        assert!(matches!(
+            AccountName::new("-x"),
+            Err(NameError::BadStart { .. })
+        ));
         assert!(matches!(AccountName::new(""), Err(NameError::Empty { .. })));
-        assert!(matches!(AccountName::new(&"a".repeat(65)), Err(NameError::TooLong { .. })));
-        assert!(matches!(AccountName::new("café"), Err(NameError::BadChar { .. })));
+        assert!(matches!(
+            AccountName::new(&"a".repeat(65)),
+            Err(NameError::TooLong { .. })
+        ));
+        assert!(matches!(
+            AccountName::new("café"),
+            Err(NameError::BadChar { .. })
+        ));
     }
 
     #[test]
@@ -227,11 +259,27 @@ mod tests {
     #[test]
     fn job_ids_in_every_spelling() {
         assert_eq!(JobId::parse("1234").unwrap().to_string(), "1234");
-        assert_eq!(JobId::parse("1234_5").unwrap().part(), JobPart::ArrayTask(5));
-        assert_eq!(JobId::parse("1234+1").unwrap().part(), JobPart::HetOffset(1));
+        assert_eq!(
+            JobId::parse("1234_5").unwrap().part(),
+            JobPart::ArrayTask(5)
+        );
+        assert_eq!(
+            JobId::parse("1234+1").unwrap().part(),
+            JobPart::HetOffset(1)
+        );
         assert_eq!(JobId::parse("job_12345").unwrap().base(), 12345);
         assert_eq!(JobId::parse("slurm_67890").unwrap().base(), 67890);
-        for bad in ["", "1234.batch", "abc", "12_", "_3", "0", "1+2+3", "-5", "99999999999999999999"] {
+        for bad in [
+            "",
+            "1234.batch",
+            "abc",
+            "12_",
+            "_3",
+            "0",
+            "1+2+3",
+            "-5",
+            "99999999999999999999",
+        ] {
             assert!(JobId::parse(bad).is_err(), "{bad:?}");
         }
     }

@@ -38,7 +38,9 @@ impl DateInput {
     /// The instant at which this date starts: midnight UTC for a day.
     pub fn start(self) -> DateTime<Utc> {
         match self {
-            DateInput::Day(d) => Utc.from_utc_datetime(&d.and_hms_opt(0, 0, 0).expect("midnight exists")),
+            DateInput::Day(d) => {
+                Utc.from_utc_datetime(&d.and_hms_opt(0, 0, 0).expect("midnight exists"))
+            }
             DateInput::Instant(i) => i,
         }
     }
@@ -120,7 +122,9 @@ mod tests {
 
     #[test]
     fn truncation_to_micros() {
-        let t = DateTime::parse_from_rfc3339("2025-01-01T00:00:00.123456789Z").unwrap().with_timezone(&Utc);
+        let t = DateTime::parse_from_rfc3339("2025-01-01T00:00:00.123456789Z")
+            .unwrap()
+            .with_timezone(&Utc);
         assert_eq!(truncate_micros(t).timestamp_subsec_nanos(), 123_456_000);
     }
 }

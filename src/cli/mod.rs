@@ -1,0 +1,289 @@
+//! The `asbb` command line: argument definitions (clap derive, one module per command group)
+//! and the code that runs each command. The binary only parses, calls [`run`], and exits with
+//! the code it returns.
+
+mod account;
+mod admin;
+mod holds;
+mod money;
+mod output;
+mod transactions;
+
+use std::path::PathBuf;
+
+use chrono::{DateTime, Utc};
+use clap::{Parser, Subcommand};
+
+use crate::config::{self, Config, ConfigError};
+use crate::db::ledger::{LedgerError, OpContext};
+use crate::db::{self, DbConn, DbError, DbUrl};
+use crate::domain::money::MoneyError;
+use crate::domain::time::DateInput;
+use crate::domain::UsdMicros;
+use crate::exit;
+
+/// asbb — budget ledger for SLURM clusters that burst jobs to AWS.
+///
+/// Holds a job's estimated cost at submission, charges the actual cost when the execution
+/// engine reports it, and keeps every change of money in an append-only, hash-chained journal.
+#[derive(Debug, Parser)]
+#[command(name = "asbb", version, propagate_version = true, max_term_width = 100)]
+pub struct Cli {
+    /// Configuration file [default: $ASBB_CONFIG, else /etc/asbb/asbb.toml if it exists].
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Database: a file path, sqlite://PATH, or postgres://… [default: $ASBB_DATABASE_URL, else
+    /// the config file's database.url].
+    #[arg(long, global = true, value_name = "URL")]
+    pub database_url: Option<String>,
+    /// Print machine-readable JSON instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Act as of this date or instant (YYYY-MM-DD or RFC 3339) instead of now.
+    #[arg(long, global = true, value_name = "DATE")]
+    pub as_of: Option<String>,
+    /// Who is acting, recorded in the journal [default: $SUDO_USER, else $USER].
+    #[arg(long, global = true, value_name = "NAME")]
+    pub actor: Option<String>,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Every command.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create, inspect, change and close budget accounts.
+    #[command(subcommand)]
+    Account(account::AccountCmd),
+    /// Credit money to an account.
+    Deposit(money::DepositArgs),
+    /// Correct an account's budget by a signed amount (e.g. -50 or +25.5), with a reason.
+    Adjust(money::AdjustArgs),
+    /// Give charged money back to an account, with a reason.
+    Refund(money::RefundArgs),
+    /// Place, release, expire and inspect holds by hand.
+    #[command(subcommand)]
+    Hold(holds::HoldCmd),
+    /// Charge an actual cost: against a hold (--hold), or to an account without one (--account).
+    Charge(holds::ChargeArgs),
+    /// Reconcile one job by hand: charge its actual cost against its hold.
+    Reconcile(holds::ReconcileArgs),
+    /// List and show journal entries.
+    #[command(subcommand, visible_alias = "transaction")]
+    Transactions(transactions::TransactionsCmd),
+    /// Balances and activity.
+    #[command(subcommand)]
+    Usage(account::UsageCmd),
+    /// Verify the ledger.
+    #[command(subcommand)]
+    Audit(admin::AuditCmd),
+    /// Create and upgrade the database schema.
+    #[command(subcommand)]
+    Database(admin::DatabaseCmd),
+    /// Write, check and show the configuration.
+    #[command(subcommand)]
+    Config(admin::ConfigCmd),
+}
+
+/// An error on its way to the user, with the exit code it maps to.
+#[derive(Debug)]
+pub struct CliError {
+    /// Exit code (see [`crate::exit`]).
+    pub code: i32,
+    /// The message, starting lower-case, saying what failed and what to do.
+    pub message: String,
+}
+
+impl CliError {
+    /// An error about a specific flag or argument.
+    pub fn usage(flag: &str, message: impl std::fmt::Display) -> CliError {
+        CliError {
+            code: exit::ERROR,
+            message: format!("{flag}: {message}"),
+        }
+    }
+}
+
+impl From<LedgerError> for CliError {
+    fn from(e: LedgerError) -> Self {
+        let code = match e {
+            LedgerError::Denied(_) => exit::DENIED,
+            _ => exit::ERROR,
+        };
+        CliError {
+            code,
+            message: e.to_string(),
+        }
+    }
+}
+
+impl From<DbError> for CliError {
+    fn from(e: DbError) -> Self {
+        let code = match e {
+            DbError::Unmigrated { .. } | DbError::TooNew(_) | DbError::MissingFile(_) => {
+                exit::SCHEMA
+            }
+            _ => exit::ERROR,
+        };
+        CliError {
+            code,
+            message: e.to_string(),
+        }
+    }
+}
+
+impl From<ConfigError> for CliError {
+    fn from(e: ConfigError) -> Self {
+        CliError {
+            code: exit::ERROR,
+            message: e.to_string(),
+        }
+    }
+}
+
+impl From<std::io::Error> for CliError {
+    fn from(e: std::io::Error) -> Self {
+        CliError {
+            code: exit::ERROR,
+            message: format!("failed to write output: {e}"),
+        }
+    }
+}
+
+/// What every command gets: the parsed global flags, the configuration, the clock reading.
+pub(crate) struct Ctx<'a> {
+    pub cli: &'a Cli,
+    pub loaded: Option<config::Loaded>,
+    /// The wall clock, read once per command.
+    pub now: DateTime<Utc>,
+}
+
+impl Ctx<'_> {
+    pub fn config(&self) -> Result<&Config, CliError> {
+        self.loaded
+            .as_ref()
+            .map(|l| &l.config)
+            .ok_or_else(|| CliError {
+                code: exit::ERROR,
+                message: "configuration failed to load".into(),
+            })
+    }
+
+    pub fn db_url(&self) -> Result<DbUrl, CliError> {
+        let url = match &self.cli.database_url {
+            Some(u) => u.clone(),
+            None => self.config()?.database.url.clone(),
+        };
+        DbUrl::parse(&url).map_err(|e| CliError::usage("--database-url", e))
+    }
+
+    /// Opens the database, refusing one whose schema is not current.
+    pub fn conn(&self) -> Result<DbConn, CliError> {
+        Ok(db::connect_checked(
+            &self.db_url()?,
+            &self.config()?.connect_options(),
+        )?)
+    }
+
+    /// The effective time: `--as-of`, else now.
+    pub fn as_of(&self) -> Result<DateTime<Utc>, CliError> {
+        match &self.cli.as_of {
+            Some(t) => Ok(DateInput::parse(t)
+                .map_err(|e| CliError::usage("--as-of", e))?
+                .start()),
+            None => Ok(self.now),
+        }
+    }
+
+    pub fn actor(&self) -> String {
+        self.cli
+            .actor
+            .clone()
+            .or_else(|| std::env::var("SUDO_USER").ok().filter(|s| !s.is_empty()))
+            .or_else(|| std::env::var("USER").ok().filter(|s| !s.is_empty()))
+            .unwrap_or_else(|| "unknown".into())
+    }
+
+    pub fn op(&self) -> Result<OpContext, CliError> {
+        let mut op = OpContext::at(&self.actor(), self.as_of()?);
+        op.recorded_at = crate::domain::time::truncate_micros(self.now);
+        Ok(op)
+    }
+}
+
+/// Parses an amount argument, naming the flag on error.
+pub(crate) fn amount_arg(flag: &str, text: &str) -> Result<UsdMicros, CliError> {
+    UsdMicros::parse(text).map_err(|e: MoneyError| CliError::usage(flag, e))
+}
+
+/// A fresh idempotency key for a manual operation that may legitimately repeat.
+pub(crate) fn fresh_key(what: &str) -> String {
+    format!("manual:{what}:{}", uuid::Uuid::new_v4().simple())
+}
+
+/// Runs a parsed command line; returns the exit code.
+pub fn run(cli: &Cli) -> Result<i32, CliError> {
+    let now = Utc::now();
+    let needs_config = !matches!(&cli.command, Command::Config(admin::ConfigCmd::Init(_)));
+    let loaded = if needs_config {
+        Some(config::load(cli.config.as_deref(), &|k| {
+            std::env::var(k).ok()
+        })?)
+    } else {
+        None
+    };
+    let ctx = Ctx { cli, loaded, now };
+    let out = &mut std::io::stdout().lock();
+    match &cli.command {
+        Command::Account(c) => account::run(&ctx, c, out),
+        Command::Deposit(a) => money::deposit(&ctx, a, out),
+        Command::Adjust(a) => money::adjust(&ctx, a, out),
+        Command::Refund(a) => money::refund(&ctx, a, out),
+        Command::Hold(c) => holds::run(&ctx, c, out),
+        Command::Charge(a) => holds::charge(&ctx, a, out),
+        Command::Reconcile(a) => holds::reconcile(&ctx, a, out),
+        Command::Transactions(c) => transactions::run(&ctx, c, out),
+        Command::Usage(c) => account::usage(&ctx, c, out),
+        Command::Audit(c) => admin::audit(&ctx, c, out),
+        Command::Database(c) => admin::database(&ctx, c, out),
+        Command::Config(c) => admin::config(&ctx, c, out),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn global_flags_go_before_or_after_the_subcommand() {
+        let a = Cli::try_parse_from(["asbb", "--database-url", "x.db", "account", "list"]).unwrap();
+        let b = Cli::try_parse_from([
+            "asbb",
+            "account",
+            "list",
+            "--database-url",
+            "x.db",
+            "--json",
+        ])
+        .unwrap();
+        assert_eq!(a.database_url.as_deref(), Some("x.db"));
+        assert_eq!(b.database_url.as_deref(), Some("x.db"));
+        assert!(b.json);
+    }
+
+    #[test]
+    fn negative_adjustments_parse() {
+        let c = Cli::try_parse_from(["asbb", "adjust", "acct", "-50", "--reason", "fix"]).unwrap();
+        let Command::Adjust(a) = c.command else {
+            panic!()
+        };
+        assert_eq!(a.amount, "-50");
+    }
+}
