@@ -139,7 +139,18 @@ fn check_text(field: &'static str, text: &str) -> Result<(), LedgerError> {
     Ok(())
 }
 
+/// Suffix of the key of the release entry that follows a charge against a hold.
+const RELEASE_KEY_SUFFIX: &str = ":release";
+
 fn check_key(key: &str) -> Result<(), LedgerError> {
+    if key.ends_with(RELEASE_KEY_SUFFIX) {
+        return Err(LedgerError::invalid(
+            "--idempotency-key",
+            format!(
+                "keys ending in '{RELEASE_KEY_SUFFIX}' are reserved for the release after a charge"
+            ),
+        ));
+    }
     if key.is_empty()
         || key.len() > KEY_LEN_MAX
         || key.chars().any(|c| c.is_control() || c.is_whitespace())
@@ -1170,7 +1181,7 @@ pub fn charge_hold(
         let release_row = if s.released.is_zero() {
             None
         } else {
-            let release_key = format!("{}:release", req.key);
+            let release_key = format!("{}{RELEASE_KEY_SUFFIX}", req.key);
             let release_reason = format!("remainder of hold-{} after charge", hold.id);
             let p = Pending {
                 kind: EntryKind::Release,
@@ -1211,7 +1222,10 @@ fn replayed_charge(
     acct: &AccountRow,
     first: JournalRow,
 ) -> Result<ChargeOutcome, LedgerError> {
-    let release = find_entry_by_key(conn, &format!("{}:release", first.idempotency_key))?;
+    let release = find_entry_by_key(
+        conn,
+        &format!("{}{RELEASE_KEY_SUFFIX}", first.idempotency_key),
+    )?;
     let hold = match first.hold_id {
         Some(id) => Some(load_hold(conn, id)?.to_record(&acct.name)),
         None => None,

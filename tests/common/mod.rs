@@ -179,6 +179,9 @@ impl Drop for TestDb {
 /// Runs the body once per available backend, as `#[test]` functions named `sqlite` and
 /// `postgres` inside a module called `$name`. The postgres variant is skipped (with a note)
 /// when `ASBB_TEST_POSTGRES_URL` is unset.
+///
+/// Needs `mod common;` at the root of the test crate: each integration test file is its own
+/// crate, and `$crate` (the test crate itself here) names `$crate::common::TestDb`.
 #[macro_export]
 macro_rules! db_test {
     ($name:ident, |$db:ident| $body:block) => {
@@ -188,13 +191,13 @@ macro_rules! db_test {
 
             #[test]
             fn sqlite() {
-                let $db = crate::common::TestDb::sqlite();
+                let $db = $crate::common::TestDb::sqlite();
                 $body
             }
 
             #[test]
             fn postgres() {
-                match crate::common::TestDb::postgres() {
+                match $crate::common::TestDb::postgres() {
                     Some($db) => $body,
                     None => eprintln!("ASBB_TEST_POSTGRES_URL not set: postgres variant skipped"),
                 }
