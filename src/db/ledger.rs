@@ -492,7 +492,15 @@ pub fn create_account(
                 updated_at: now,
             })
             .returning(accounts::id)
-            .get_result(conn)?;
+            .get_result(conn)
+            .map_err(|e| match e {
+                // A concurrent create of the same name won the race (PostgreSQL).
+                diesel::result::Error::DatabaseError(
+                    diesel::result::DatabaseErrorKind::UniqueViolation,
+                    _,
+                ) => LedgerError::AccountExists(name.to_string()),
+                other => other.into(),
+            })?;
         let mut acct = lock_account_by_id(conn, id)?;
         if !new.budget.is_zero() {
             let key = format!("account-create:{name}:budget");
