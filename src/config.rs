@@ -42,7 +42,7 @@ sqlite_synchronous = "full"
 # Hold = estimate x this factor (1.2 holds 20 % more than the estimate).
 default_hold_buffer = "1.2"
 
-# How long a hold lives before `asbb recover` may expire it (90m, 12h, 7d, 2w).
+# How long a hold lives before it may be expired (`asbb hold expire`): 90m, 12h, 7d, 2w.
 hold_lifetime = "7d"
 "#;
 

@@ -768,3 +768,212 @@ fn help_lists_the_seed_commands() {
         assert!(help.contains(cmd), "--help lacks {cmd}:\n{help}");
     }
 }
+
+db_test!(review_fixes_hold_keys_and_flags, |db| {
+    let a = Asbb::new(db);
+    a.create("lab", "100");
+    a.ok(&[
+        "hold",
+        "place",
+        "--account",
+        "lab",
+        "--estimate",
+        "10",
+        "--as-of",
+        AT,
+    ]);
+    // `charge --hold` then `reconcile` of the same cost is one charge, whatever job is named.
+    a.ok(&["charge", "--hold", "hold-1", "--amount", "5", "--as-of", AT]);
+    let again = a.json(&[
+        "reconcile",
+        "55",
+        "--transaction",
+        "hold-1",
+        "--actual-cost",
+        "5",
+        "--as-of",
+        AT,
+    ]);
+    assert_eq!(again["replayed"], true);
+    assert_eq!(a.json(&["account", "show", "lab"])["budget_used"], "5.00");
+
+    // Keys asbb derives itself cannot be taken by hand.
+    for key in [
+        "charge:hold-2",
+        "release:hold-2",
+        "expiry:hold-2",
+        "account-create:x:budget",
+        "manual:x",
+    ] {
+        let err = a.fails(&["deposit", "lab", "1", "--idempotency-key", key], 1);
+        assert!(
+            err.contains("--idempotency-key") && err.contains("reserved"),
+            "{key}: {err}"
+        );
+    }
+    let err = a.fails(
+        &[
+            "hold",
+            "place",
+            "--account",
+            "lab",
+            "--amount",
+            "5",
+            "--buffer",
+            "3",
+        ],
+        1,
+    );
+    assert!(err.contains("--buffer"), "{err}");
+    // Signs are checked against the flag the admin typed.
+    let err = a.fails(
+        &["hold", "place", "--account", "lab", "--estimate", "-5"],
+        1,
+    );
+    assert!(
+        err.contains("--estimate") && err.contains("negative"),
+        "{err}"
+    );
+    let err = a.fails(&["charge", "--hold", "hold-1", "--amount", "-1"], 1);
+    assert!(
+        err.contains("--amount") && err.contains("negative"),
+        "{err}"
+    );
+    let err = a.fails(&["refund", "lab", "-5", "--reason", "x"], 1);
+    assert!(err.contains("AMOUNT") && err.contains("negative"), "{err}");
+    // Writes can be backdated, not dated ahead.
+    let err = a.fails(&["deposit", "lab", "1", "--as-of", "2999-01-01"], 1);
+    assert!(err.contains("--as-of") && err.contains("future"), "{err}");
+
+    // An expired hold, expired again, is a replay.
+    a.ok(&[
+        "hold",
+        "place",
+        "--account",
+        "lab",
+        "--amount",
+        "5",
+        "--expires-in",
+        "1h",
+        "--as-of",
+        AT,
+    ]);
+    let err = a.fails(&["hold", "expire", "hold-2", "--as-of", AT], 1);
+    assert!(err.contains("not yet"), "{err}");
+    assert!(a
+        .ok(&["hold", "expire", "hold-2", "--as-of", "2026-03-02"])
+        .contains("expired hold-2"));
+    assert!(a
+        .ok(&["hold", "expire", "hold-2", "--as-of", "2026-03-02"])
+        .contains("already done"));
+
+    // A refund can name its partition, which gives the partition limit room back.
+    a.ok(&[
+        "charge",
+        "--account",
+        "lab",
+        "--amount",
+        "12",
+        "--partition",
+        "cpu",
+        "--as-of",
+        AT,
+    ]);
+    let err = a.fails(
+        &["refund", "lab", "13", "--partition", "cpu", "--reason", "x"],
+        1,
+    );
+    assert!(
+        err.contains("--partition") && err.contains("$12.00 charged in partition 'cpu'"),
+        "{err}"
+    );
+    a.ok(&[
+        "refund",
+        "lab",
+        "6",
+        "--partition",
+        "cpu",
+        "--reason",
+        "NODE_FAIL",
+        "--as-of",
+        AT,
+    ]);
+    let v = a.json(&["account", "show", "lab"]);
+    let cpu = v["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["partition"] == "cpu")
+        .unwrap()
+        .clone();
+    assert_eq!(cpu["charged"], "6.00");
+    assert_eq!(a.json(&["audit", "verify"])["clean"], true);
+});
+
+db_test!(audit_verify_detects_edited_hold_rows, |db| {
+    let a = Asbb::new(db);
+    a.create("lab", "100");
+    a.ok(&[
+        "hold",
+        "place",
+        "--account",
+        "lab",
+        "--partition",
+        "gpu",
+        "--estimate",
+        "10",
+        "--as-of",
+        AT,
+    ]);
+    a.ok(&[
+        "hold",
+        "place",
+        "--account",
+        "lab",
+        "--partition",
+        "gpu",
+        "--estimate",
+        "10",
+        "--as-of",
+        AT,
+    ]);
+    a.ok(&["charge", "--hold", "hold-2", "--amount", "5", "--as-of", AT]);
+    let v = a.json(&["audit", "verify"]);
+    assert_eq!(v["clean"], true);
+    assert_eq!(v["report"]["chain_heads"][0]["account"], "lab");
+    assert_eq!(v["report"]["chain_heads"][0]["entries"], 5);
+    assert_eq!(
+        v["report"]["chain_heads"][0]["head"]
+            .as_str()
+            .unwrap()
+            .len(),
+        64
+    );
+    // The hold rows are not hash-covered themselves, but must agree with their entries.
+    let mut conn = a.db.conn();
+    conn.batch_execute("UPDATE holds SET partition = 'cpu' WHERE id = 1; UPDATE holds SET charged_micros = 1 WHERE id = 2;")
+        .unwrap();
+    drop(conn);
+    let o = a.run(&["audit", "verify", "--json"]);
+    assert_eq!(o.status.code(), Some(5));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let found: Vec<(String, i64)> = v["report"]["discrepancies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            (
+                d["kind"].as_str().unwrap().to_string(),
+                d["hold_id"].as_i64().unwrap_or(0),
+            )
+        })
+        .collect();
+    assert!(
+        found.contains(&("hold_mismatch".to_string(), 1)),
+        "{found:?}"
+    );
+    assert!(
+        found.contains(&("hold_mismatch".to_string(), 2)),
+        "{found:?}"
+    );
+});

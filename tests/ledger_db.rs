@@ -73,6 +73,7 @@ fn op<'a>(account: &'a str, amount: UsdMicros, reason: &'a str, key: &'a str) ->
         reason,
         key,
         job_id: None,
+        partition: None,
     }
 }
 
@@ -443,7 +444,7 @@ db_test!(credit_adjust_and_refund, |db| {
     );
     assert_invalid(
         ledger::refund(&mut conn, &c, &op("proj-a", usd("1"), "failed", "k-ref1")),
-        "--amount",
+        "AMOUNT",
     );
     ledger::charge_without_hold(&mut conn, &c, &unmatched("proj-a", usd("40"), "k-charge"))
         .unwrap();
@@ -453,7 +454,7 @@ db_test!(credit_adjust_and_refund, |db| {
             &c,
             &op("proj-a", usd("40.000001"), "failed", "k-ref2"),
         ),
-        "--amount",
+        "AMOUNT",
     );
     let mut r = op("proj-a", usd("10"), "node failure", "k-ref3");
     r.job_id = Some("4242");

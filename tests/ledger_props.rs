@@ -251,6 +251,7 @@ fn simple(
         reason: "property test",
         key,
         job_id: None,
+        partition: None,
     };
     match kind {
         EntryKind::Credit => ledger::credit(conn, c, &op),
@@ -422,7 +423,7 @@ fn apply(conn: &mut DbConn, m: &mut Model, op: &Op, key: &str) -> Result<(), Tes
             let name = m.accts[acct].name.clone();
             let r = simple(conn, &c, EntryKind::Refund, &name, micros, key);
             if micros > charged {
-                expect_invalid(r, "--amount")?;
+                expect_invalid(r, "AMOUNT")?;
             } else {
                 let p = r.map_err(|e| fail("refund", e))?;
                 prop_assert_eq!(p.entry.effect.charged.micros(), -micros);

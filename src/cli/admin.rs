@@ -93,6 +93,10 @@ pub(crate) fn audit(ctx: &Ctx<'_>, cmd: &AuditCmd, out: &mut dyn Write) -> Resul
         )?;
         if report.is_clean() {
             writeln!(out, "ledger verified: hash chains intact, balances, partitions and holds agree with the journal")?;
+            writeln!(
+                out,
+                "chain heads for safekeeping elsewhere: `asbb audit verify --json` (chain_heads)"
+            )?;
         } else {
             writeln!(out, "{} discrepancy(ies):", report.discrepancies.len())?;
             for d in &report.discrepancies {

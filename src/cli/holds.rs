@@ -7,7 +7,7 @@ use rust_decimal::Decimal;
 use serde_json::json;
 
 use super::output::{account_json, entry_json, hold_json, holds_table, m, print_json, print_table};
-use super::{amount_arg, fresh_key, CliError, Ctx};
+use super::{non_negative_arg, positive_arg, user_key, CliError, Ctx};
 use crate::db::ledger::{
     self, ChargeHold, ChargeOutcome, ChargeUnmatched, HoldOutcome, HoldRequest, LedgerError,
 };
@@ -237,6 +237,13 @@ pub(crate) fn run(ctx: &Ctx<'_>, cmd: &HoldCmd, out: &mut dyn Write) -> Result<i
                     out,
                     &json!({"hold": hold_json(&r.hold), "entry": entry_json(&r.entry), "replayed": r.replayed}),
                 )?;
+            } else if r.replayed {
+                writeln!(
+                    out,
+                    "already done: {} was expired by entry {}",
+                    r.hold.reference(),
+                    r.entry.id
+                )?;
             } else {
                 writeln!(
                     out,
@@ -304,6 +311,12 @@ fn place(ctx: &Ctx<'_>, a: &PlaceArgs, out: &mut dyn Write) -> Result<i32, CliEr
     if let Some(p) = &a.partition {
         PartitionName::new(p).map_err(|e| CliError::usage("--partition", e))?;
     }
+    if a.buffer.is_some() && a.amount.is_some() {
+        return Err(CliError::usage(
+            "--buffer",
+            "applies to --estimate; --amount is held exactly",
+        ));
+    }
     let (estimate, buffer) = match (&a.estimate, &a.amount) {
         (Some(e), _) => {
             let buffer = match &a.buffer {
@@ -312,9 +325,9 @@ fn place(ctx: &Ctx<'_>, a: &PlaceArgs, out: &mut dyn Write) -> Result<i32, CliEr
                 })?,
                 None => config.hold_buffer(),
             };
-            (amount_arg("--estimate", e)?, buffer)
+            (non_negative_arg("--estimate", e)?, buffer)
         }
-        (None, Some(x)) => (amount_arg("--amount", x)?, Decimal::ONE),
+        (None, Some(x)) => (positive_arg("--amount", x)?, Decimal::ONE),
         (None, None) => return Err(CliError::usage("--estimate", "give --estimate or --amount")),
     };
     let lifetime = match &a.expires_in {
@@ -324,10 +337,7 @@ fn place(ctx: &Ctx<'_>, a: &PlaceArgs, out: &mut dyn Write) -> Result<i32, CliEr
     let job = job_arg("--job", a.job.as_deref())?;
     let cluster = optional_text("--cluster", a.cluster.as_deref())?;
     let user = optional_text("--user", a.user.as_deref())?;
-    let key = a
-        .idempotency_key
-        .clone()
-        .unwrap_or_else(|| fresh_key("hold"));
+    let key = user_key(a.idempotency_key.as_deref(), "hold")?;
     let op = ctx.op()?;
     let mut conn = ctx.conn()?;
     let outcome = ledger::place_hold(
@@ -453,17 +463,17 @@ fn report_charge(ctx: &Ctx<'_>, out: &mut dyn Write, c: &ChargeOutcome) -> Resul
 }
 
 pub(crate) fn charge(ctx: &Ctx<'_>, a: &ChargeArgs, out: &mut dyn Write) -> Result<i32, CliError> {
-    let amount = amount_arg("--amount", &a.amount)?;
+    let amount = non_negative_arg("--amount", &a.amount)?;
     let job = job_arg("--job", a.job.as_deref())?;
     let mut conn = ctx.conn()?;
     let op = ctx.op()?;
     let outcome = match (&a.hold, &a.account) {
         (Some(h), _) => {
             let id = hold_id("--hold", h)?;
-            let key = a
-                .idempotency_key
-                .clone()
-                .unwrap_or_else(|| format!("charge:hold-{id}"));
+            let key = match &a.idempotency_key {
+                Some(k) => user_key(Some(k), "charge")?,
+                None => format!("charge:hold-{id}"),
+            };
             ledger::charge_hold(
                 &mut conn,
                 &op,
@@ -480,10 +490,7 @@ pub(crate) fn charge(ctx: &Ctx<'_>, a: &ChargeArgs, out: &mut dyn Write) -> Resu
             if let Some(p) = &a.partition {
                 PartitionName::new(p).map_err(|e| CliError::usage("--partition", e))?;
             }
-            let key = a
-                .idempotency_key
-                .clone()
-                .unwrap_or_else(|| fresh_key("charge"));
+            let key = user_key(a.idempotency_key.as_deref(), "charge")?;
             let user = optional_text("--user", a.user.as_deref())?;
             let cluster = optional_text("--cluster", a.cluster.as_deref())?;
             ledger::charge_without_hold(
@@ -520,7 +527,7 @@ pub(crate) fn reconcile(
         .map_err(|e| CliError::usage("JOB", e))?
         .to_string();
     let id = hold_id("--transaction", &a.transaction)?;
-    let actual = amount_arg("--actual-cost", &a.actual_cost)?;
+    let actual = non_negative_arg("--actual-cost", &a.actual_cost)?;
     let mut conn = ctx.conn()?;
     // Deterministic key: re-running the same reconciliation is a no-op, not a second charge.
     let key = format!("charge:hold-{id}");

@@ -151,6 +151,9 @@ impl From<std::io::Error> for CliError {
     }
 }
 
+/// How far ahead of this host's clock `--as-of` may be for a write (clock skew between hosts).
+const FUTURE_SKEW_MINUTES: i64 = 5;
+
 /// What every command gets: the parsed global flags, the configuration, the clock reading.
 pub(crate) struct Ctx<'a> {
     pub cli: &'a Cli,
@@ -205,8 +208,20 @@ impl Ctx<'_> {
             .unwrap_or_else(|| "unknown".into())
     }
 
+    /// The context of a write. A write may be backdated with `--as-of`, never dated ahead:
+    /// a future date is nearly always a typo, and it would let a hold expire early.
     pub fn op(&self) -> Result<OpContext, CliError> {
-        let mut op = OpContext::at(&self.actor(), self.as_of()?);
+        let as_of = self.as_of()?;
+        if as_of > self.now + chrono::Duration::minutes(FUTURE_SKEW_MINUTES) {
+            return Err(CliError::usage(
+                "--as-of",
+                format!(
+                    "{} is in the future; changes can be backdated, not dated ahead",
+                    as_of.to_rfc3339()
+                ),
+            ));
+        }
+        let mut op = OpContext::at(&self.actor(), as_of);
         op.recorded_at = crate::domain::time::truncate_micros(self.now);
         Ok(op)
     }
@@ -215,6 +230,44 @@ impl Ctx<'_> {
 /// Parses an amount argument, naming the flag on error.
 pub(crate) fn amount_arg(flag: &str, text: &str) -> Result<UsdMicros, CliError> {
     UsdMicros::parse(text).map_err(|e: MoneyError| CliError::usage(flag, e))
+}
+
+/// Prefixes of the keys asbb derives itself (`charge:hold-7`, `release:hold-7`, …). A key an
+/// admin chooses must not start with one, or it could block the operation it imitates.
+pub(crate) const RESERVED_KEY_PREFIXES: [&str; 5] = [
+    "charge:",
+    "release:",
+    "expiry:",
+    "account-create:",
+    "manual:",
+];
+
+/// An idempotency key given with `--idempotency-key`, or a fresh one.
+pub(crate) fn user_key(given: Option<&str>, what: &str) -> Result<String, CliError> {
+    match given {
+        None => Ok(fresh_key(what)),
+        Some(k) => match RESERVED_KEY_PREFIXES.iter().find(|p| k.starts_with(*p)) {
+            Some(p) => Err(CliError::usage(
+                "--idempotency-key",
+                format!("keys starting with '{p}' are reserved for keys asbb makes itself"),
+            )),
+            None => Ok(k.to_string()),
+        },
+    }
+}
+
+/// Parses an amount that must be greater than zero.
+pub(crate) fn positive_arg(flag: &str, text: &str) -> Result<UsdMicros, CliError> {
+    amount_arg(flag, text)?
+        .positive()
+        .map_err(|e| CliError::usage(flag, e))
+}
+
+/// Parses an amount that must not be negative.
+pub(crate) fn non_negative_arg(flag: &str, text: &str) -> Result<UsdMicros, CliError> {
+    amount_arg(flag, text)?
+        .non_negative()
+        .map_err(|e| CliError::usage(flag, e))
 }
 
 /// A fresh idempotency key for a manual operation that may legitimately repeat.

@@ -6,7 +6,7 @@ use clap::Args;
 use serde_json::json;
 
 use super::output::{account_json, entry_json, print_json};
-use super::{amount_arg, fresh_key, CliError, Ctx};
+use super::{amount_arg, positive_arg, user_key, CliError, Ctx};
 use crate::db::ledger::{self, MoneyOp, Posted};
 use crate::domain::JobId;
 use crate::exit;
@@ -57,6 +57,9 @@ pub struct RefundArgs {
     /// The job refunded, if any.
     #[arg(long, value_name = "JOB")]
     pub job: Option<String>,
+    /// The partition the refunded cost was charged in (gives its partition limit room back).
+    #[arg(long)]
+    pub partition: Option<String>,
     /// Makes a retry safe [default: a new key].
     #[arg(long, value_name = "KEY")]
     pub idempotency_key: Option<String>,
@@ -92,11 +95,8 @@ pub(crate) fn deposit(
     a: &DepositArgs,
     out: &mut dyn Write,
 ) -> Result<i32, CliError> {
-    let amount = amount_arg("AMOUNT", &a.amount)?;
-    let key = a
-        .idempotency_key
-        .clone()
-        .unwrap_or_else(|| fresh_key("deposit"));
+    let amount = positive_arg("AMOUNT", &a.amount)?;
+    let key = user_key(a.idempotency_key.as_deref(), "deposit")?;
     let mut conn = ctx.conn()?;
     let p = ledger::credit(
         &mut conn,
@@ -107,6 +107,7 @@ pub(crate) fn deposit(
             reason: &a.reason,
             key: &key,
             job_id: None,
+            partition: None,
         },
     )?;
     report(ctx, out, "deposited", &p)
@@ -114,10 +115,7 @@ pub(crate) fn deposit(
 
 pub(crate) fn adjust(ctx: &Ctx<'_>, a: &AdjustArgs, out: &mut dyn Write) -> Result<i32, CliError> {
     let amount = amount_arg("AMOUNT", &a.amount)?;
-    let key = a
-        .idempotency_key
-        .clone()
-        .unwrap_or_else(|| fresh_key("adjust"));
+    let key = user_key(a.idempotency_key.as_deref(), "adjust")?;
     let mut conn = ctx.conn()?;
     let p = ledger::adjust(
         &mut conn,
@@ -128,13 +126,17 @@ pub(crate) fn adjust(ctx: &Ctx<'_>, a: &AdjustArgs, out: &mut dyn Write) -> Resu
             reason: &a.reason,
             key: &key,
             job_id: None,
+            partition: None,
         },
     )?;
     report(ctx, out, "adjusted by", &p)
 }
 
 pub(crate) fn refund(ctx: &Ctx<'_>, a: &RefundArgs, out: &mut dyn Write) -> Result<i32, CliError> {
-    let amount = amount_arg("AMOUNT", &a.amount)?;
+    let amount = positive_arg("AMOUNT", &a.amount)?;
+    if let Some(p) = &a.partition {
+        crate::domain::PartitionName::new(p).map_err(|e| CliError::usage("--partition", e))?;
+    }
     let job = a
         .job
         .as_deref()
@@ -144,10 +146,7 @@ pub(crate) fn refund(ctx: &Ctx<'_>, a: &RefundArgs, out: &mut dyn Write) -> Resu
                 .map_err(|e| CliError::usage("--job", e))
         })
         .transpose()?;
-    let key = a
-        .idempotency_key
-        .clone()
-        .unwrap_or_else(|| fresh_key("refund"));
+    let key = user_key(a.idempotency_key.as_deref(), "refund")?;
     let mut conn = ctx.conn()?;
     let p = ledger::refund(
         &mut conn,
@@ -158,6 +157,7 @@ pub(crate) fn refund(ctx: &Ctx<'_>, a: &RefundArgs, out: &mut dyn Write) -> Resu
             reason: &a.reason,
             key: &key,
             job_id: job.as_deref(),
+            partition: a.partition.as_deref(),
         },
     )?;
     report(ctx, out, "refunded", &p)

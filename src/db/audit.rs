@@ -51,6 +51,22 @@ pub struct AuditReport {
     pub holds: u64,
     /// Everything that did not add up.
     pub discrepancies: Vec<Discrepancy>,
+    /// The verified chain head of each account. The chain proves that nothing inside it was
+    /// altered, but anyone who can write to the database can also rebuild a chain from scratch;
+    /// storing these heads elsewhere (a log host, a signed note) lets a later audit prove that
+    /// history up to this point was not rewritten.
+    pub chain_heads: Vec<ChainHead>,
+}
+
+/// An account's chain head after verification.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ChainHead {
+    /// Account name.
+    pub account: String,
+    /// Number of entries.
+    pub entries: i64,
+    /// Hash of the last entry (the genesis hash for an empty account).
+    pub head: String,
 }
 
 impl AuditReport {
@@ -68,6 +84,16 @@ struct HoldTally {
     charges: u32,
     releases: u32,
     expiries: u32,
+    /// What the (hash-covered) hold entry says; the editable hold row must agree.
+    partition: Option<String>,
+    cluster: Option<String>,
+    user_name: Option<String>,
+    /// The job of the latest entry of the hold (a charge may name the job the hold lacked).
+    job_id: Option<String>,
+    charged: i64,
+    charge_flags: String,
+    /// Entries of this hold booked to another partition than the hold entry's.
+    partition_strays: u32,
 }
 
 /// Verifies every account (or one). `progress` is called with the number of entries replayed
@@ -220,12 +246,25 @@ fn verify_account_in_snapshot(
                     if let Some(h) = e.hold_id {
                         let t = tallies.entry(h).or_default();
                         t.held += e.held_delta_micros;
+                        if kind != EntryKind::Hold && e.partition != t.partition {
+                            t.partition_strays += 1;
+                        }
+                        if e.job_id.is_some() {
+                            t.job_id = e.job_id.clone();
+                        }
                         match kind {
                             EntryKind::Hold => {
                                 t.hold_entries += 1;
                                 t.hold_amount = e.amount_micros;
+                                t.partition = e.partition.clone();
+                                t.cluster = e.cluster.clone();
+                                t.user_name = e.user_name.clone();
                             }
-                            EntryKind::Charge => t.charges += 1,
+                            EntryKind::Charge => {
+                                t.charges += 1;
+                                t.charged += e.amount_micros;
+                                t.charge_flags = e.flags.clone();
+                            }
                             EntryKind::Release => t.releases += 1,
                             EntryKind::Expiry => t.expiries += 1,
                             _ => {}
@@ -282,6 +321,32 @@ fn verify_account_in_snapshot(
             ),
         );
     }
+    if sums.held.is_negative() {
+        found(
+            "balance_mismatch",
+            None,
+            None,
+            format!("the journal holds a negative ${}", sums.held),
+        );
+    }
+    for (p, (_, h)) in &parts {
+        if *h < 0 {
+            found(
+                "partition_mismatch",
+                None,
+                None,
+                format!(
+                    "partition '{p}' holds a negative ${}",
+                    UsdMicros::from_stored(*h)
+                ),
+            );
+        }
+    }
+    report.chain_heads.push(ChainHead {
+        account: acct.name.clone(),
+        entries: expect_seq - 1,
+        head: head.clone(),
+    });
     let cached = acct.balances();
     for (what, journal_sum, cache) in [
         ("credited", sums.credited, cached.credited),
@@ -358,6 +423,33 @@ fn verify_account_in_snapshot(
                 "journal still holds ${}, hold says ${}",
                 UsdMicros::from_stored(t.held),
                 UsdMicros::from_stored(h.remaining_micros)
+            ));
+        }
+        for (what, row, journal) in [
+            ("partition", &h.partition, &t.partition),
+            ("cluster", &h.cluster, &t.cluster),
+            ("user", &h.user_name, &t.user_name),
+            ("job", &h.job_id, &t.job_id),
+        ] {
+            if row != journal {
+                bad(format!(
+                    "{what} is {row:?} but its journal entries say {journal:?}"
+                ));
+            }
+        }
+        if h.charged_micros != t.charged || h.flags != t.charge_flags {
+            bad(format!(
+                "says ${} charged (flags '{}') but its charges total ${} (flags '{}')",
+                UsdMicros::from_stored(h.charged_micros),
+                h.flags,
+                UsdMicros::from_stored(t.charged),
+                t.charge_flags
+            ));
+        }
+        if t.partition_strays > 0 {
+            bad(format!(
+                "{} of its entries are booked to another partition than the hold",
+                t.partition_strays
             ));
         }
         let ok = match h.state() {

@@ -77,6 +77,10 @@ pub enum LedgerError {
         /// The entry that used it first.
         entry: i64,
     },
+    /// Another request with the same idempotency key was committed at the same moment (on
+    /// another account); retrying returns that request's result or a conflict.
+    #[error("idempotency key '{0}' is being used by another request at this moment; retry")]
+    KeyInUse(String),
     /// A hold was refused.
     #[error("{0}")]
     Denied(Denial),
@@ -120,6 +124,23 @@ impl LedgerError {
             field,
             message: message.into(),
         }
+    }
+}
+
+/// Maps a unique violation on an idempotency key to [`LedgerError::KeyInUse`].
+fn key_race(key: &str) -> impl FnOnce(diesel::result::Error) -> LedgerError + '_ {
+    move |e| match e {
+        diesel::result::Error::DatabaseError(
+            diesel::result::DatabaseErrorKind::UniqueViolation,
+            ref info,
+        ) if info.message().contains("idempotency_key")
+            || info
+                .constraint_name()
+                .is_some_and(|c| c.contains("idempotency_key")) =>
+        {
+            LedgerError::KeyInUse(key.to_string())
+        }
+        other => other.into(),
     }
 }
 
@@ -348,7 +369,8 @@ fn append(
             hash: &hash,
         })
         .returning(journal::id)
-        .get_result(conn)?;
+        .get_result(conn)
+        .map_err(key_race(p.key))?;
     let row = journal::table
         .find(id)
         .select(JournalRow::as_select())
@@ -822,6 +844,8 @@ pub struct MoneyOp<'a> {
     pub key: &'a str,
     /// Linked job, for refunds.
     pub job_id: Option<&'a str>,
+    /// Partition a refunded cost was charged in (refunds only): its partition use shrinks too.
+    pub partition: Option<&'a str>,
 }
 
 /// Credits money to an account (a deposit; allocations use it too).
@@ -847,7 +871,7 @@ pub fn adjust(conn: &mut DbConn, ctx: &OpContext, op: &MoneyOp<'_>) -> Result<Po
 pub fn refund(conn: &mut DbConn, ctx: &OpContext, op: &MoneyOp<'_>) -> Result<Posted, LedgerError> {
     op.amount
         .positive()
-        .map_err(|e| LedgerError::invalid("--amount", e.to_string()))?;
+        .map_err(|e| LedgerError::invalid("AMOUNT", e.to_string()))?;
     simple_op(conn, ctx, EntryKind::Refund, op)
 }
 
@@ -872,7 +896,14 @@ fn simple_op(
         &amount,
         op.reason,
         op.job_id.unwrap_or(""),
+        op.partition.unwrap_or(""),
     ]);
+    if kind != EntryKind::Refund && op.partition.is_some() {
+        return Err(LedgerError::invalid(
+            "--partition",
+            format!("a {kind} is not booked to a partition"),
+        ));
+    }
     write_transaction(conn, |conn| {
         let mut acct = lock_account(conn, op.account)?;
         if let Some(first) = replay(conn, op.key, &digest)? {
@@ -891,7 +922,7 @@ fn simple_op(
         }
         if kind == EntryKind::Refund && op.amount > UsdMicros::from_stored(acct.charged_micros) {
             return Err(LedgerError::invalid(
-                "--amount",
+                "AMOUNT",
                 format!(
                     "a refund of ${} is more than the ${} charged to '{}'",
                     op.amount,
@@ -900,8 +931,27 @@ fn simple_op(
                 ),
             ));
         }
+        if let (EntryKind::Refund, Some(part)) = (kind, op.partition) {
+            let charged: i64 = account_partitions::table
+                .find((acct.id, part))
+                .select(account_partitions::charged_micros)
+                .first(conn)
+                .optional()?
+                .unwrap_or(0);
+            if op.amount.micros() > charged {
+                return Err(LedgerError::invalid(
+                    "--partition",
+                    format!(
+                        "a refund of ${} is more than the ${} charged in partition '{part}'",
+                        op.amount,
+                        UsdMicros::from_stored(charged)
+                    ),
+                ));
+            }
+        }
         let mut p = Pending::simple(kind, op.amount, op.reason, op.key, &digest)?;
         p.job_id = op.job_id;
+        p.partition = op.partition;
         let row = append(conn, ctx, &mut acct, &p)?;
         save_account(conn, ctx, &acct)?;
         Ok(Posted {
@@ -1059,7 +1109,8 @@ pub fn place_hold(
                 idempotency_key: req.key,
             })
             .returning(holds::id)
-            .get_result(conn)?;
+            .get_result(conn)
+            .map_err(key_race(req.key))?;
         let reason = format!("hold of ${amount} (estimate ${} x {buffer})", req.estimate);
         let mut p = Pending::simple(EntryKind::Hold, amount, &reason, req.key, &digest)?;
         p.hold_id = Some(hold_id);
@@ -1124,7 +1175,8 @@ pub fn charge_hold(
         .map_err(|e| LedgerError::invalid("--actual-cost", e.to_string()))?;
     let actual_s = req.actual.micros().to_string();
     let hold_s = req.hold_id.to_string();
-    let digest = request_digest(&["charge-hold", &hold_s, &actual_s, req.job_id.unwrap_or("")]);
+    // The hold and the cost identify the request; the job is checked against the hold's below.
+    let digest = request_digest(&["charge-hold", &hold_s, &actual_s]);
     write_transaction(conn, |conn| {
         let account_id: i64 = holds::table
             .find(req.hold_id)
