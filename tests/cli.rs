@@ -134,7 +134,14 @@ db_test!(account_lifecycle, |db| {
     let v = a.json(&["account", "show", "ml-proj-001"]);
     assert_eq!(v["status"], "suspended");
     assert_eq!(v["name"], "Renamed");
-    assert_eq!(v["changes"].as_array().unwrap().len(), 2, "{v}");
+    // Six changes record the settings it was created with, then the two of the update.
+    let changes = v["changes"].as_array().unwrap();
+    assert_eq!(changes.len(), 8, "{v}");
+    let last: Vec<&str> = changes[6..]
+        .iter()
+        .map(|c| c["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(last, ["display_name", "status"]);
     let err = a.fails(
         &[
             "hold",
@@ -975,5 +982,62 @@ db_test!(audit_verify_detects_edited_hold_rows, |db| {
     assert!(
         found.contains(&("hold_mismatch".to_string(), 2)),
         "{found:?}"
+    );
+});
+
+db_test!(audit_verify_detects_edited_settings, |db| {
+    let a = Asbb::new(db);
+    a.create("lab", "100");
+    a.ok(&[
+        "account",
+        "update",
+        "lab",
+        "--overdraft",
+        "10",
+        "--reason",
+        "approved",
+    ]);
+    a.ok(&[
+        "account",
+        "limit",
+        "lab",
+        "--partition",
+        "gpu",
+        "--amount",
+        "50",
+    ]);
+    assert_eq!(a.json(&["audit", "verify"])["clean"], true);
+    // Raising an overdraft or a limit by hand would give away money; the settings chain shows it.
+    let mut conn = a.db.conn();
+    conn.batch_execute(
+        "UPDATE accounts SET overdraft_micros = 1000000000; UPDATE account_partitions SET limit_micros = 99000000;",
+    )
+    .unwrap();
+    drop(conn);
+    let o = a.run(&["audit", "verify"]);
+    assert_eq!(o.status.code(), Some(5));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("overdraft is '1000.00' but its recorded changes end at '10.00'"),
+        "{out}"
+    );
+    assert!(
+        out.contains("partition 'gpu' limit is 99.00 but its recorded changes end at 50.00"),
+        "{out}"
+    );
+    // Rewriting the history of a change is caught by the chain.
+    let mut conn = a.db.conn();
+    conn.batch_execute(
+        "UPDATE accounts SET overdraft_micros = 10000000; UPDATE account_partitions SET limit_micros = 50000000; \
+         UPDATE account_changes SET reason = 'forged' WHERE field = 'overdraft' AND reason = 'approved';",
+    )
+    .unwrap();
+    drop(conn);
+    let o = a.run(&["audit", "verify"]);
+    assert_eq!(o.status.code(), Some(5));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("[settings_mismatch]") && out.contains("was altered"),
+        "{out}"
     );
 });

@@ -339,7 +339,13 @@ db_test!(update_account_records_changes, |db| {
     assert_eq!(a.status, AccountStatus::Suspended);
     assert_eq!(a.overdraft, usd("25"));
     assert_eq!(a.available(), usd("125"));
-    let changes = queries::account_changes(&mut conn, "proj-a").unwrap();
+    let all = queries::account_changes(&mut conn, "proj-a").unwrap();
+    // The first six record the settings the account was created with.
+    assert_eq!(all.len(), 8);
+    assert!(all[..6]
+        .iter()
+        .all(|c| c.old_value.is_empty() && c.reason == "account created"));
+    let changes = &all[6..];
     let fields: Vec<(&str, &str, &str)> = changes
         .iter()
         .map(|c| (c.field.as_str(), c.old_value.as_str(), c.new_value.as_str()))
@@ -1238,9 +1244,9 @@ db_test!(close_refuses_open_holds_and_delete_refuses_history, |db| {
     let again = create(&mut conn, "typo", "1");
     assert_eq!(again.entry_count, 1);
     assert!(queries::partitions(&mut conn, "typo").unwrap().is_empty());
-    assert!(queries::account_changes(&mut conn, "typo")
-        .unwrap()
-        .is_empty());
+    let changes = queries::account_changes(&mut conn, "typo").unwrap();
+    assert_eq!(changes.len(), 6, "only the new account's creation settings");
+    assert_eq!(changes[0].seq, 1);
     assert_audit_clean(&mut conn);
 });
 

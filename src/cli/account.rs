@@ -433,9 +433,14 @@ fn show_account(
         }
         print_table(out, &t)?;
     }
-    let changes = queries::account_changes(conn, &acct.name)?;
+    let all = queries::account_changes(conn, &acct.name)?;
+    // The first changes record the settings the account was created with; show what came after.
+    let changes: Vec<_> = all
+        .iter()
+        .filter(|c| !c.old_value.is_empty() || c.field.starts_with("partition_limit:"))
+        .collect();
     if !changes.is_empty() {
-        writeln!(out, "\nsetting changes:")?;
+        writeln!(out, "\nsetting changes (newest first):")?;
         for c in changes.iter().rev().take(10) {
             writeln!(
                 out,

@@ -11,12 +11,14 @@ use std::collections::{BTreeMap, HashMap};
 use diesel::prelude::*;
 use serde::Serialize;
 
-use super::models::{AccountRow, HoldRow, JournalRow, PartitionRow};
-use super::schema::{account_partitions, accounts, holds, journal};
+use super::ledger::{setting_limit, setting_time};
+use super::models::{AccountChangeRow, AccountRow, HoldRow, JournalRow, PartitionRow};
+use super::schema::{account_changes, account_partitions, accounts, holds, journal};
 use super::DbConn;
 use crate::db::ledger::LedgerError;
 use crate::domain::ledger::{
-    entry_hash, genesis_hash, Balances, ChainFields, EntryKind, HoldState,
+    entry_hash, genesis_hash, setting_hash, settings_genesis_hash, Balances, ChainFields,
+    EntryKind, HoldState, SettingFields,
 };
 use crate::domain::time::from_naive;
 use crate::domain::UsdMicros;
@@ -30,7 +32,7 @@ pub struct Discrepancy {
     /// Account name.
     pub account: String,
     /// Machine-readable kind: `chain_broken`, `hash_mismatch`, `seq_gap`, `bad_effect`,
-    /// `balance_mismatch`, `partition_mismatch`, `hold_mismatch`.
+    /// `balance_mismatch`, `partition_mismatch`, `hold_mismatch`, `settings_mismatch`.
     pub kind: &'static str,
     /// Entry id, when the problem is one entry.
     pub entry_id: Option<i64>,
@@ -362,6 +364,7 @@ fn verify_account_in_snapshot(
             );
         }
     }
+    verify_settings(conn, &acct, &mut found)?;
     let part_rows: Vec<PartitionRow> = account_partitions::table
         .filter(account_partitions::account_id.eq(id))
         .select(PartitionRow::as_select())
@@ -480,6 +483,152 @@ fn verify_account_in_snapshot(
         );
     }
     Ok(())
+}
+
+/// Replays the account's settings chain: every change must hash correctly and follow from the
+/// value before it, and the settings it arrives at must be the account's current ones.
+fn verify_settings(
+    conn: &mut DbConn,
+    acct: &AccountRow,
+    found: &mut dyn FnMut(&'static str, Option<i64>, Option<i64>, String),
+) -> Result<(), LedgerError> {
+    let changes: Vec<AccountChangeRow> = account_changes::table
+        .filter(account_changes::account_id.eq(acct.id))
+        .order(account_changes::seq)
+        .select(AccountChangeRow::as_select())
+        .load(conn)?;
+    let mut head = settings_genesis_hash(&acct.name);
+    let mut values: BTreeMap<String, String> = BTreeMap::new();
+    for (i, c) in changes.iter().enumerate() {
+        let expect = i as i64 + 1;
+        if c.seq != expect {
+            found(
+                "settings_mismatch",
+                None,
+                None,
+                format!("expected setting change #{expect}, found #{}", c.seq),
+            );
+        }
+        let recomputed = setting_hash(&SettingFields {
+            account: &acct.name,
+            seq: c.seq,
+            field: &c.field,
+            old_value: &c.old_value,
+            new_value: &c.new_value,
+            actor: &c.actor,
+            reason: &c.reason,
+            changed_at: from_naive(c.changed_at),
+            prev_hash: &c.prev_hash,
+        });
+        if c.prev_hash != head || recomputed != c.hash {
+            found(
+                "settings_mismatch",
+                None,
+                None,
+                format!(
+                    "setting change #{} ({}) was altered or is out of its chain",
+                    c.seq, c.field
+                ),
+            );
+        }
+        let before = values
+            .get(&c.field)
+            .cloned()
+            .unwrap_or_else(|| default_setting(&c.field));
+        if before != c.old_value {
+            found(
+                "settings_mismatch",
+                None,
+                None,
+                format!(
+                    "setting change #{} says {} was '{}', but it was '{before}'",
+                    c.seq, c.field, c.old_value
+                ),
+            );
+        }
+        values.insert(c.field.clone(), c.new_value.clone());
+        head = c.hash.clone();
+    }
+    if changes.len() as i64 != acct.settings_count || head != acct.settings_head {
+        found(
+            "settings_mismatch",
+            None,
+            None,
+            "the account's settings chain head does not match its changes".into(),
+        );
+    }
+    let current = [
+        ("display_name", acct.display_name.clone()),
+        ("description", acct.description.clone()),
+        ("starts_at", setting_time(acct.starts_at)),
+        ("ends_at", setting_time(acct.ends_at)),
+        ("status", acct.status.clone()),
+        (
+            "overdraft",
+            UsdMicros::from_stored(acct.overdraft_micros).to_string(),
+        ),
+    ];
+    for (field, now) in current {
+        let recorded = values
+            .get(field)
+            .cloned()
+            .unwrap_or_else(|| default_setting(field));
+        if recorded != now {
+            found(
+                "settings_mismatch",
+                None,
+                None,
+                format!("{field} is '{now}' but its recorded changes end at '{recorded}'"),
+            );
+        }
+    }
+    let limits: Vec<(String, Option<i64>)> = account_partitions::table
+        .filter(account_partitions::account_id.eq(acct.id))
+        .select((
+            account_partitions::partition,
+            account_partitions::limit_micros,
+        ))
+        .load(conn)?;
+    let mut seen = std::collections::BTreeSet::new();
+    for (p, limit) in limits {
+        let field = format!("partition_limit:{p}");
+        let recorded = values
+            .get(&field)
+            .cloned()
+            .unwrap_or_else(|| default_setting(&field));
+        let now = setting_limit(limit);
+        if recorded != now {
+            found(
+                "settings_mismatch",
+                None,
+                None,
+                format!(
+                    "partition '{p}' limit is {now} but its recorded changes end at {recorded}"
+                ),
+            );
+        }
+        seen.insert(field);
+    }
+    for (field, v) in &values {
+        if field.starts_with("partition_limit:") && !seen.contains(field) && v != "none" {
+            found(
+                "settings_mismatch",
+                None,
+                None,
+                format!("{field} was set to {v} but the partition row is gone"),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The value a setting has before its first recorded change.
+fn default_setting(field: &str) -> String {
+    if field.starts_with("partition_limit:") {
+        "none".into()
+    } else {
+        String::new()
+    }
 }
 
 fn short(hash: &str) -> &str {

@@ -13,8 +13,9 @@ use super::models::{
 use super::schema::{account_changes, account_partitions, accounts, holds, journal};
 use super::{write_transaction, DbConn};
 use crate::domain::ledger::{
-    decide_hold, entry_hash, genesis_hash, request_digest, settle, AccountStatus, ChainFields,
-    Denial, DenyReason, Effect, EntryKind, HoldContext, HoldState, PartitionUse,
+    decide_hold, entry_hash, genesis_hash, request_digest, setting_hash, settings_genesis_hash,
+    settle, AccountStatus, ChainFields, Denial, DenyReason, Effect, EntryKind, HoldContext,
+    HoldState, PartitionUse, SettingFields,
 };
 use crate::domain::money::MoneyError;
 use crate::domain::time::{to_naive, truncate_micros};
@@ -510,6 +511,7 @@ pub fn create_account(
                 status: AccountStatus::Active.as_str(),
                 overdraft_micros: new.overdraft.micros(),
                 chain_head: &genesis,
+                settings_head: &settings_genesis_hash(name),
                 created_at: now,
                 updated_at: now,
             })
@@ -524,6 +526,20 @@ pub fn create_account(
                 other => other.into(),
             })?;
         let mut acct = lock_account_by_id(conn, id)?;
+        // The settings the account starts with open its settings chain.
+        let created = [
+            ("display_name", String::new(), acct.display_name.clone()),
+            ("description", String::new(), acct.description.clone()),
+            ("starts_at", String::new(), setting_time(acct.starts_at)),
+            ("ends_at", String::new(), setting_time(acct.ends_at)),
+            ("status", String::new(), acct.status.clone()),
+            (
+                "overdraft",
+                String::new(),
+                UsdMicros::from_stored(acct.overdraft_micros).to_string(),
+            ),
+        ];
+        record_changes(conn, ctx, &mut acct, &created, "account created")?;
         if !new.budget.is_zero() {
             let key = format!("account-create:{name}:budget");
             let amount = new.budget.micros().to_string();
@@ -593,7 +609,7 @@ pub fn update_account(
         ));
     }
     write_transaction(conn, |conn| {
-        let acct = lock_account(conn, name)?;
+        let mut acct = lock_account(conn, name)?;
         if acct.status() == AccountStatus::Closed {
             return Err(LedgerError::AccountState {
                 account: name.to_string(),
@@ -625,8 +641,12 @@ pub fn update_account(
         if let Some(v) = &upd.description {
             note("description", acct.description.clone(), v.clone());
         }
-        note("starts_at", acct.starts_at.to_string(), starts.to_string());
-        note("ends_at", acct.ends_at.to_string(), ends.to_string());
+        note(
+            "starts_at",
+            setting_time(acct.starts_at),
+            setting_time(starts),
+        );
+        note("ends_at", setting_time(acct.ends_at), setting_time(ends));
         if let Some(v) = upd.overdraft {
             note(
                 "overdraft",
@@ -656,31 +676,70 @@ pub fn update_account(
                 accounts::updated_at.eq(now),
             ))
             .execute(conn)?;
-        record_changes(conn, ctx, acct.id, &changes, &upd.reason)?;
+        record_changes(conn, ctx, &mut acct, &changes, &upd.reason)?;
         Ok(lock_account_by_id(conn, acct.id)?.to_record())
     })
 }
 
+/// The text form of a date setting in `account_changes`.
+pub(crate) fn setting_time(t: chrono::NaiveDateTime) -> String {
+    crate::domain::time::from_naive(t).to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+/// The text form of a partition limit setting.
+pub(crate) fn setting_limit(limit: Option<i64>) -> String {
+    limit
+        .map(|m| UsdMicros::from_stored(m).to_string())
+        .unwrap_or_else(|| "none".into())
+}
+
+/// Appends setting changes to the account's settings chain.
 fn record_changes(
     conn: &mut DbConn,
     ctx: &OpContext,
-    account_id: i64,
+    acct: &mut AccountRow,
     changes: &[(&str, String, String)],
     reason: &str,
 ) -> Result<(), LedgerError> {
+    if changes.is_empty() {
+        return Ok(());
+    }
     for (field, old, new) in changes {
+        let seq = acct.settings_count + 1;
+        let hash = setting_hash(&SettingFields {
+            account: &acct.name,
+            seq,
+            field,
+            old_value: old,
+            new_value: new,
+            actor: &ctx.actor,
+            reason,
+            changed_at: ctx.recorded_at,
+            prev_hash: &acct.settings_head,
+        });
         diesel::insert_into(account_changes::table)
             .values(NewAccountChangeRow {
-                account_id,
+                account_id: acct.id,
                 field,
                 old_value: old,
                 new_value: new,
                 actor: &ctx.actor,
                 reason,
                 changed_at: to_naive(ctx.recorded_at),
+                seq,
+                prev_hash: &acct.settings_head,
+                hash: &hash,
             })
             .execute(conn)?;
+        acct.settings_count = seq;
+        acct.settings_head = hash;
     }
+    diesel::update(accounts::table.find(acct.id))
+        .set((
+            accounts::settings_count.eq(acct.settings_count),
+            accounts::settings_head.eq(&acct.settings_head),
+        ))
+        .execute(conn)?;
     Ok(())
 }
 
@@ -693,7 +752,7 @@ pub fn close_account(
 ) -> Result<Account, LedgerError> {
     check_text("--reason", reason)?;
     write_transaction(conn, |conn| {
-        let acct = lock_account(conn, name)?;
+        let mut acct = lock_account(conn, name)?;
         if acct.status() == AccountStatus::Closed {
             return Ok(acct.to_record());
         }
@@ -721,11 +780,12 @@ pub fn close_account(
                 accounts::updated_at.eq(to_naive(ctx.recorded_at)),
             ))
             .execute(conn)?;
+        let old_status = acct.status.clone();
         record_changes(
             conn,
             ctx,
-            acct.id,
-            &[("status", acct.status.clone(), "closed".into())],
+            &mut acct,
+            &[("status", old_status, "closed".into())],
             reason,
         )?;
         Ok(lock_account_by_id(conn, acct.id)?.to_record())
@@ -767,7 +827,7 @@ pub fn set_partition_limit(
             .map_err(|e| LedgerError::invalid("--amount", e.to_string()))?;
     }
     write_transaction(conn, |conn| {
-        let acct = lock_account(conn, name)?;
+        let mut acct = lock_account(conn, name)?;
         let part = partition.as_str();
         let existing = account_partitions::table
             .find((acct.id, part))
@@ -798,18 +858,14 @@ pub fn set_partition_limit(
                     .execute(conn)?;
             }
         }
-        let show = |v: Option<i64>| {
-            v.map(|m| UsdMicros::from_stored(m).to_string())
-                .unwrap_or_else(|| "none".into())
-        };
         record_changes(
             conn,
             ctx,
-            acct.id,
+            &mut acct,
             &[(
                 &format!("partition_limit:{part}"),
-                show(old),
-                show(limit.map(|l| l.micros())),
+                setting_limit(old),
+                setting_limit(limit.map(|l| l.micros())),
             )],
             "",
         )?;

@@ -25,6 +25,8 @@ pub struct AccountRow {
     pub(crate) held_micros: i64,
     pub(crate) entry_count: i64,
     pub(crate) chain_head: String,
+    pub(crate) settings_count: i64,
+    pub(crate) settings_head: String,
     pub(crate) created_at: NaiveDateTime,
     pub(crate) updated_at: NaiveDateTime,
 }
@@ -70,6 +72,7 @@ pub(crate) struct NewAccountRow<'a> {
     pub status: &'a str,
     pub overdraft_micros: i64,
     pub chain_head: &'a str,
+    pub settings_head: &'a str,
     pub created_at: NaiveDateTime,
     pub updated_at: NaiveDateTime,
 }
@@ -261,6 +264,12 @@ pub struct AccountChangeRow {
     pub reason: String,
     /// When.
     pub changed_at: NaiveDateTime,
+    /// Position in the account's settings chain.
+    pub seq: i64,
+    /// Hash of the previous change.
+    pub prev_hash: String,
+    /// This change's hash.
+    pub hash: String,
 }
 
 #[derive(Insertable)]
@@ -273,6 +282,9 @@ pub(crate) struct NewAccountChangeRow<'a> {
     pub actor: &'a str,
     pub reason: &'a str,
     pub changed_at: NaiveDateTime,
+    pub seq: i64,
+    pub prev_hash: &'a str,
+    pub hash: &'a str,
 }
 
 /// A budget account with its cached balances.

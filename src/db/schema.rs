@@ -16,6 +16,8 @@ diesel::table! {
         held_micros -> BigInt,
         entry_count -> BigInt,
         chain_head -> Text,
+        settings_count -> BigInt,
+        settings_head -> Text,
         created_at -> Timestamp,
         updated_at -> Timestamp,
     }
@@ -91,6 +93,9 @@ diesel::table! {
         actor -> Text,
         reason -> Text,
         changed_at -> Timestamp,
+        seq -> BigInt,
+        prev_hash -> Text,
+        hash -> Text,
     }
 }
 

@@ -552,6 +552,60 @@ pub fn entry_hash(f: &ChainFields<'_>) -> String {
     hex(&h.finalize())
 }
 
+/// The settings chain's starting hash for an account.
+pub fn settings_genesis_hash(account: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(b"asbb-settings-v1\0genesis\0");
+    h.update(account.as_bytes());
+    hex(&h.finalize())
+}
+
+/// Everything a setting change's hash covers.
+#[derive(Debug, Clone)]
+pub struct SettingFields<'a> {
+    /// Account name.
+    pub account: &'a str,
+    /// Position in the account's settings chain, from 1.
+    pub seq: i64,
+    /// Which setting (`created` for the initial settings).
+    pub field: &'a str,
+    /// Value before.
+    pub old_value: &'a str,
+    /// Value after.
+    pub new_value: &'a str,
+    /// Who changed it.
+    pub actor: &'a str,
+    /// Why.
+    pub reason: &'a str,
+    /// When.
+    pub changed_at: DateTime<Utc>,
+    /// Hash of the previous change.
+    pub prev_hash: &'a str,
+}
+
+/// The hash of one setting change, built like [`entry_hash`].
+pub fn setting_hash(f: &SettingFields<'_>) -> String {
+    let mut h = Sha256::new();
+    h.update(b"asbb-settings-v1\0");
+    let seq = f.seq.to_string();
+    let at = f.changed_at.timestamp_micros().to_string();
+    for part in [
+        f.account,
+        &seq,
+        f.field,
+        f.old_value,
+        f.new_value,
+        f.actor,
+        f.reason,
+        &at,
+        f.prev_hash,
+    ] {
+        h.update((part.len() as u64).to_be_bytes());
+        h.update(part.as_bytes());
+    }
+    hex(&h.finalize())
+}
+
 /// A digest of an operation's request, stored with its first entry: a retry with the same
 /// idempotency key must carry the same digest.
 pub fn request_digest(parts: &[&str]) -> String {

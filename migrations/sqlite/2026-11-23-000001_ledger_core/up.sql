@@ -17,6 +17,9 @@ CREATE TABLE accounts (
     -- the per-account hash chain: number of entries and hash of the last one
     entry_count      BIGINT  NOT NULL DEFAULT 0,
     chain_head       TEXT    NOT NULL,
+    -- the per-account chain of setting changes (account_changes)
+    settings_count   BIGINT  NOT NULL DEFAULT 0,
+    settings_head    TEXT    NOT NULL,
     created_at       TIMESTAMP NOT NULL,
     updated_at       TIMESTAMP NOT NULL,
     CHECK (ends_at > starts_at)
@@ -95,7 +98,9 @@ BEGIN
     SELECT RAISE(ABORT, 'journal is append-only: corrections are new entries');
 END;
 
--- Changes of account settings that are not money (name, dates, status, overdraft, limits).
+-- Changes of account settings that are not money (name, dates, status, overdraft, limits),
+-- starting with the settings the account was created with. Hash-chained per account like the
+-- journal, so `asbb audit verify` can rebuild every setting and prove none was edited.
 CREATE TABLE account_changes (
     id         INTEGER PRIMARY KEY,
     account_id BIGINT NOT NULL REFERENCES accounts (id),
@@ -104,6 +109,10 @@ CREATE TABLE account_changes (
     new_value  TEXT   NOT NULL,
     actor      TEXT   NOT NULL,
     reason     TEXT   NOT NULL,
-    changed_at TIMESTAMP NOT NULL
+    changed_at TIMESTAMP NOT NULL,
+    seq        BIGINT NOT NULL,
+    prev_hash  TEXT   NOT NULL,
+    hash       TEXT   NOT NULL,
+    UNIQUE (account_id, seq)
 );
 CREATE INDEX account_changes_account ON account_changes (account_id);
