@@ -372,10 +372,31 @@ fn append(
         .returning(journal::id)
         .get_result(conn)
         .map_err(key_race(p.key))?;
-    let row = journal::table
-        .find(id)
-        .select(JournalRow::as_select())
-        .first(conn)?;
+    // Everything stored is known here; reading the row back would cost a query per entry.
+    let row = JournalRow {
+        id,
+        account_id: acct.id,
+        seq,
+        kind: p.kind.as_str().to_string(),
+        amount_micros: p.amount.micros(),
+        credited_delta_micros: p.effect.credited.micros(),
+        charged_delta_micros: p.effect.charged.micros(),
+        held_delta_micros: p.effect.held.micros(),
+        hold_id: p.hold_id,
+        cluster: p.cluster.map(str::to_string),
+        job_id: p.job_id.map(str::to_string),
+        partition: p.partition.map(str::to_string),
+        user_name: p.user_name.map(str::to_string),
+        actor: ctx.actor.clone(),
+        reason: p.reason.to_string(),
+        flags: p.flags.to_string(),
+        idempotency_key: p.key.to_string(),
+        request_digest: p.digest.to_string(),
+        effective_at: to_naive(ctx.effective_at),
+        recorded_at: to_naive(ctx.recorded_at),
+        prev_hash: acct.chain_head.clone(),
+        hash: hash.clone(),
+    };
     if let Some(part) = p.partition {
         if !p.effect.charged.is_zero() || !p.effect.held.is_zero() {
             bump_partition(conn, ctx, acct.id, part, p.effect)?;
