@@ -191,6 +191,35 @@ fn optional_text(flag: &str, text: Option<&str>) -> Result<Option<String>, CliEr
     }
 }
 
+/// Prints the outcome of `hold release` or `hold expire`.
+fn report_released(
+    ctx: &Ctx<'_>,
+    out: &mut dyn Write,
+    r: &ledger::Released,
+    verb: &str,
+) -> Result<i32, CliError> {
+    let hold = r.hold.reference();
+    if ctx.cli.json {
+        print_json(
+            out,
+            &json!({"hold": hold_json(&r.hold), "entry": entry_json(&r.entry), "replayed": r.replayed}),
+        )?;
+    } else if r.replayed {
+        writeln!(
+            out,
+            "already done: {hold} was {verb} by entry {}",
+            r.entry.id
+        )?;
+    } else {
+        writeln!(
+            out,
+            "{verb} {hold}: ${} back to '{}' (entry {})",
+            r.entry.amount, r.hold.account, r.entry.id
+        )?;
+    }
+    Ok(exit::OK)
+}
+
 pub(crate) fn run(ctx: &Ctx<'_>, cmd: &HoldCmd, out: &mut dyn Write) -> Result<i32, CliError> {
     match cmd {
         HoldCmd::Place(a) => place(ctx, a, out),
@@ -204,57 +233,13 @@ pub(crate) fn run(ctx: &Ctx<'_>, cmd: &HoldCmd, out: &mut dyn Write) -> Result<i
                 &a.reason,
                 &format!("release:hold-{id}"),
             )?;
-            if ctx.cli.json {
-                print_json(
-                    out,
-                    &json!({"hold": hold_json(&r.hold), "entry": entry_json(&r.entry), "replayed": r.replayed}),
-                )?;
-            } else if r.replayed {
-                writeln!(
-                    out,
-                    "already done: {} was released by entry {}",
-                    r.hold.reference(),
-                    r.entry.id
-                )?;
-            } else {
-                writeln!(
-                    out,
-                    "released {}: ${} back to '{}' (entry {})",
-                    r.hold.reference(),
-                    r.entry.amount,
-                    r.hold.account,
-                    r.entry.id
-                )?;
-            }
-            Ok(exit::OK)
+            report_released(ctx, out, &r, "released")
         }
         HoldCmd::Expire(a) => {
             let id = hold_id("HOLD", &a.hold)?;
             let mut conn = ctx.conn()?;
             let r = ledger::expire_hold(&mut conn, &ctx.op()?, id, &format!("expiry:hold-{id}"))?;
-            if ctx.cli.json {
-                print_json(
-                    out,
-                    &json!({"hold": hold_json(&r.hold), "entry": entry_json(&r.entry), "replayed": r.replayed}),
-                )?;
-            } else if r.replayed {
-                writeln!(
-                    out,
-                    "already done: {} was expired by entry {}",
-                    r.hold.reference(),
-                    r.entry.id
-                )?;
-            } else {
-                writeln!(
-                    out,
-                    "expired {}: ${} back to '{}' (entry {})",
-                    r.hold.reference(),
-                    r.entry.amount,
-                    r.hold.account,
-                    r.entry.id
-                )?;
-            }
-            Ok(exit::OK)
+            report_released(ctx, out, &r, "expired")
         }
         HoldCmd::Show(a) => {
             let id = hold_id("HOLD", &a.hold)?;
