@@ -154,7 +154,7 @@ fn verify_account_in_snapshot(
     let acct: AccountRow = accounts::table
         .find(id)
         .select(AccountRow::as_select())
-        .first(conn)?;
+        .get_result(conn)?;
     report.accounts += 1;
     let name = acct.name.clone();
     let mut found =

@@ -215,12 +215,12 @@ fn lock_account(conn: &mut DbConn, name: &str) -> Result<AccountRow, LedgerError
             .filter(accounts::name.eq(name))
             .select(AccountRow::as_select())
             .for_update()
-            .first(c)
+            .get_result(c)
             .optional()?,
         DbConn::Sqlite(c) => accounts::table
             .filter(accounts::name.eq(name))
             .select(AccountRow::as_select())
-            .first(c)
+            .get_result(c)
             .optional()?,
     };
     row.ok_or_else(|| LedgerError::UnknownAccount(name.to_string()))
@@ -232,11 +232,11 @@ fn lock_account_by_id(conn: &mut DbConn, id: i64) -> Result<AccountRow, LedgerEr
             .find(id)
             .select(AccountRow::as_select())
             .for_update()
-            .first(c)?,
+            .get_result(c)?,
         DbConn::Sqlite(c) => accounts::table
             .find(id)
             .select(AccountRow::as_select())
-            .first(c)?,
+            .get_result(c)?,
     })
 }
 
@@ -244,7 +244,7 @@ fn load_hold(conn: &mut DbConn, id: i64) -> Result<HoldRow, LedgerError> {
     holds::table
         .find(id)
         .select(HoldRow::as_select())
-        .first(conn)
+        .get_result(conn)
         .optional()?
         .ok_or(LedgerError::UnknownHold(id))
 }
@@ -253,7 +253,7 @@ fn find_entry_by_key(conn: &mut DbConn, key: &str) -> Result<Option<JournalRow>,
     Ok(journal::table
         .filter(journal::idempotency_key.eq(key))
         .select(JournalRow::as_select())
-        .first(conn)
+        .get_result(conn)
         .optional()?)
 }
 
@@ -422,7 +422,7 @@ fn bump_partition(
     let existing = account_partitions::table
         .find(key)
         .select(PartitionRow::as_select())
-        .first(conn)
+        .get_result(conn)
         .optional()?;
     let now = to_naive(ctx.recorded_at);
     match existing {
@@ -473,7 +473,7 @@ fn account_name_of(conn: &mut DbConn, id: i64) -> Result<String, LedgerError> {
     Ok(accounts::table
         .find(id)
         .select(accounts::name)
-        .first(conn)?)
+        .get_result(conn)?)
 }
 
 fn entry_record(conn: &mut DbConn, row: &JournalRow) -> Result<Entry, LedgerError> {
@@ -853,7 +853,7 @@ pub fn set_partition_limit(
         let existing = account_partitions::table
             .find((acct.id, part))
             .select(PartitionRow::as_select())
-            .first(conn)
+            .get_result(conn)
             .optional()?;
         let now = to_naive(ctx.recorded_at);
         let old = existing.as_ref().and_then(|r| r.limit_micros);
@@ -1012,7 +1012,7 @@ fn simple_op(
             let charged: i64 = account_partitions::table
                 .find((acct.id, part))
                 .select(account_partitions::charged_micros)
-                .first(conn)
+                .get_result(conn)
                 .optional()?
                 .unwrap_or(0);
             if op.amount.micros() > charged {
@@ -1139,7 +1139,7 @@ pub fn place_hold(
             Some(p) => account_partitions::table
                 .find((acct.id, p))
                 .select(PartitionRow::as_select())
-                .first(conn)
+                .get_result(conn)
                 .optional()?,
             None => None,
         };
@@ -1197,7 +1197,23 @@ pub fn place_hold(
         p.user_name = req.user_name;
         append(conn, ctx, &mut acct, &p)?;
         save_account(conn, ctx, &acct)?;
-        let hold = load_hold(conn, hold_id)?;
+        let hold = HoldRow {
+            id: hold_id,
+            partition: req.partition.map(str::to_string),
+            cluster: req.cluster.map(str::to_string),
+            job_id: req.job_id.map(str::to_string),
+            user_name: req.user_name.map(str::to_string),
+            estimate_micros: req.estimate.micros(),
+            buffer: buffer.clone(),
+            amount_micros: amount.micros(),
+            remaining_micros: amount.micros(),
+            charged_micros: 0,
+            state: HoldState::Open.as_str().to_string(),
+            flags: String::new(),
+            expires_at: req.expires_at.map(to_naive),
+            created_at: to_naive(ctx.effective_at),
+            resolved_at: None,
+        };
         Ok(HoldOutcome::Placed {
             hold: Box::new(hold.to_record(&acct.name)),
             replayed: false,
@@ -1258,7 +1274,7 @@ pub fn charge_hold(
         let account_id: i64 = holds::table
             .find(req.hold_id)
             .select(holds::account_id)
-            .first(conn)
+            .get_result(conn)
             .optional()?
             .ok_or(LedgerError::UnknownHold(req.hold_id))?;
         let mut acct = lock_account_by_id(conn, account_id)?;
@@ -1342,7 +1358,16 @@ pub fn charge_hold(
                 holds::resolved_at.eq(Some(to_naive(ctx.effective_at))),
             ))
             .execute(conn)?;
-        let hold = load_hold(conn, hold.id)?;
+        let job = job.map(str::to_string);
+        let hold = HoldRow {
+            remaining_micros: 0,
+            charged_micros: req.actual.micros(),
+            state: HoldState::Charged.as_str().to_string(),
+            flags: flags.to_string(),
+            job_id: job,
+            resolved_at: Some(to_naive(ctx.effective_at)),
+            ..hold
+        };
         Ok(ChargeOutcome {
             hold: Some(hold.to_record(&acct.name)),
             charge: charge_row.to_record(&acct.name, None),
@@ -1518,7 +1543,7 @@ fn end_hold(
         let account_id: i64 = holds::table
             .find(hold_id)
             .select(holds::account_id)
-            .first(conn)
+            .get_result(conn)
             .optional()?
             .ok_or(LedgerError::UnknownHold(hold_id))?;
         let mut acct = lock_account_by_id(conn, account_id)?;
@@ -1588,7 +1613,12 @@ fn end_hold(
                 holds::resolved_at.eq(Some(to_naive(ctx.effective_at))),
             ))
             .execute(conn)?;
-        let hold = load_hold(conn, hold.id)?;
+        let hold = HoldRow {
+            remaining_micros: 0,
+            state: state.as_str().to_string(),
+            resolved_at: Some(to_naive(ctx.effective_at)),
+            ..hold
+        };
         Ok(Released {
             hold: hold.to_record(&acct.name),
             entry: row.to_record(&acct.name, None),
@@ -1602,7 +1632,7 @@ pub fn entry(conn: &mut DbConn, id: i64) -> Result<Option<Entry>, LedgerError> {
     let row = journal::table
         .find(id)
         .select(JournalRow::as_select())
-        .first(conn)
+        .get_result(conn)
         .optional()?;
     row.map(|r| entry_record(conn, &r)).transpose()
 }

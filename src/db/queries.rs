@@ -19,7 +19,7 @@ pub fn account(conn: &mut DbConn, name: &str) -> Result<Account, LedgerError> {
     accounts::table
         .filter(accounts::name.eq(name))
         .select(AccountRow::as_select())
-        .first(conn)
+        .get_result(conn)
         .optional()?
         .map(|r| r.to_record())
         .ok_or_else(|| LedgerError::UnknownAccount(name.to_string()))
@@ -44,7 +44,7 @@ fn account_id(conn: &mut DbConn, name: &str) -> Result<i64, LedgerError> {
     accounts::table
         .filter(accounts::name.eq(name))
         .select(accounts::id)
-        .first(conn)
+        .get_result(conn)
         .optional()?
         .ok_or_else(|| LedgerError::UnknownAccount(name.to_string()))
 }
@@ -144,7 +144,7 @@ pub fn entry(conn: &mut DbConn, id: i64) -> Result<Option<Entry>, LedgerError> {
             accounts::name,
             holds::state.nullable(),
         ))
-        .first(conn)
+        .get_result(conn)
         .optional()?;
     Ok(row.map(|(r, name, state)| r.to_record(&name, state.and_then(|s| s.parse().ok()))))
 }
@@ -155,7 +155,7 @@ pub fn hold(conn: &mut DbConn, id: i64) -> Result<Hold, LedgerError> {
         .inner_join(accounts::table)
         .filter(holds::id.eq(id))
         .select((HoldRow::as_select(), accounts::name))
-        .first(conn)
+        .get_result(conn)
         .optional()?;
     row.map(|(h, name)| h.to_record(&name))
         .ok_or(LedgerError::UnknownHold(id))
