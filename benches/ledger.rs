@@ -680,13 +680,38 @@ fn prefill(
 // Measurements
 
 /// One round of `n` cycles; returns cycles per second.
-fn cycle_round(conn: &mut DbConn, accounts: &[String], rng: &mut Rng, n: usize) -> Result<f64> {
+/// `n` cycles; with `batch` > 1, `batch` cycles share one write transaction (each operation
+/// in its own savepoint), as the batch jobs commit.
+fn cycle_round(
+    conn: &mut DbConn,
+    accounts: &[String],
+    rng: &mut Rng,
+    n: usize,
+    batch: usize,
+) -> Result<f64> {
     let start = Instant::now();
-    for _ in 0..n {
-        cycle(conn, accounts, rng)?;
+    if batch <= 1 {
+        for _ in 0..n {
+            cycle(conn, accounts, rng)?;
+        }
+    } else {
+        let mut left = n;
+        while left > 0 {
+            let this = left.min(batch);
+            asbb::db::write_transaction(conn, |c| -> Result<()> {
+                for _ in 0..this {
+                    cycle(c, accounts, rng)?;
+                }
+                Ok(())
+            })?;
+            left -= this;
+        }
     }
     Ok(n as f64 / start.elapsed().as_secs_f64())
 }
+
+/// Cycles per transaction in the batched configuration.
+const BATCH_CYCLES: usize = 100;
 
 struct Pair {
     empty: Stats,
@@ -711,18 +736,19 @@ fn measure_cycles(
     empty: &mut DbConn,
     accounts: &[String],
     seed: u64,
+    batch: usize,
 ) -> Result<Pair> {
     let mut rng = Rng::new(seed);
-    cycle_round(full, accounts, &mut rng, p.warmup)?;
-    cycle_round(empty, accounts, &mut rng, p.warmup)?;
+    cycle_round(full, accounts, &mut rng, p.warmup, batch)?;
+    cycle_round(empty, accounts, &mut rng, p.warmup, batch)?;
     let (mut f, mut e) = (Vec::new(), Vec::new());
     for r in 0..p.rounds {
         if r % 2 == 0 {
-            e.push(cycle_round(empty, accounts, &mut rng, p.cycles)?);
-            f.push(cycle_round(full, accounts, &mut rng, p.cycles)?);
+            e.push(cycle_round(empty, accounts, &mut rng, p.cycles, batch)?);
+            f.push(cycle_round(full, accounts, &mut rng, p.cycles, batch)?);
         } else {
-            f.push(cycle_round(full, accounts, &mut rng, p.cycles)?);
-            e.push(cycle_round(empty, accounts, &mut rng, p.cycles)?);
+            f.push(cycle_round(full, accounts, &mut rng, p.cycles, batch)?);
+            e.push(cycle_round(empty, accounts, &mut rng, p.cycles, batch)?);
         }
     }
     Ok(Pair {
@@ -891,14 +917,20 @@ fn bench_backend(p: &Params, backend: Backend) -> Result<Value> {
     );
 
     // Hold+charge throughput, per durability setting.
-    let syncs: &[SqliteSync] = if backend == Backend::Sqlite {
-        &[SqliteSync::Full, SqliteSync::Normal]
+    // (durability, cycles per transaction): one transaction per call first (the primary
+    // figure), then the batched form the batch jobs use.
+    let configs: &[(SqliteSync, usize)] = if backend == Backend::Sqlite {
+        &[
+            (SqliteSync::Full, 1),
+            (SqliteSync::Normal, 1),
+            (SqliteSync::Full, BATCH_CYCLES),
+        ]
     } else {
-        &[SqliteSync::Full]
+        &[(SqliteSync::Full, 1), (SqliteSync::Full, BATCH_CYCLES)]
     };
     let mut cycles_json = serde_json::Map::new();
     println!(
-        "\nhold+charge cycles/s: {} rounds x {} cycles per ledger (after {} warm-up), one transaction per call",
+        "\nhold+charge cycles/s: {} rounds x {} cycles per ledger (after {} warm-up); one transaction per call, or batched",
         p.rounds, p.cycles, p.warmup
     );
     println!(
@@ -906,14 +938,19 @@ fn bench_backend(p: &Params, backend: Backend) -> Result<Value> {
         "config", "empty med", "min", "max", "full med", "min", "max"
     );
     let mut primary = None;
-    for (i, &sync) in syncs.iter().enumerate() {
+    for (i, &(sync, batch)) in configs.iter().enumerate() {
         let mut f = full_db.connect(sync)?;
         let mut e = empty_db.connect(sync)?;
-        let pair = measure_cycles(p, &mut f, &mut e, &accounts, 0xC7C1E + i as u64)?;
-        let cfg = if backend == Backend::Sqlite {
-            format!("synchronous={}", sync_name(sync))
+        let pair = measure_cycles(p, &mut f, &mut e, &accounts, 0xC7C1E + i as u64, batch)?;
+        let batched = if batch > 1 {
+            format!(", {batch}/txn")
         } else {
-            "default".into()
+            String::new()
+        };
+        let cfg = if backend == Backend::Sqlite {
+            format!("synchronous={}{batched}", sync_name(sync))
+        } else {
+            format!("default{batched}")
         };
         println!(
             "  {cfg:<22} {:>10.0} {:>10.0} {:>10.0} {:>10.0} {:>10.0} {:>10.0}   full/empty {:.3}",
@@ -925,10 +962,15 @@ fn bench_backend(p: &Params, backend: Backend) -> Result<Value> {
             pair.full.max,
             pair.ratio()
         );
-        let key = if backend == Backend::Sqlite {
-            format!("synchronous_{}", sync_name(sync))
+        let batched = if batch > 1 {
+            format!("_batched_{batch}")
         } else {
-            "default".into()
+            String::new()
+        };
+        let key = if backend == Backend::Sqlite {
+            format!("synchronous_{}{batched}", sync_name(sync))
+        } else {
+            format!("default{batched}")
         };
         cycles_json.insert(key, pair.json("cycles/s"));
         if primary.is_none() {
@@ -1104,6 +1146,20 @@ fn targets(p: &Params, results: &serde_json::Map<String, Value>) -> serde_json::
         );
         targets.insert(
             "sqlite_cycles_per_second_ge_5000".into(),
+            json!({ "value": c, "met": c >= 5000.0 }),
+        );
+    }
+    let batched_key = format!("synchronous_full_batched_{BATCH_CYCLES}");
+    if let Some(c) = results
+        .get("sqlite")
+        .and_then(|s| s["cycles_per_second"][&batched_key]["full"]["median"].as_f64())
+    {
+        println!(
+            "  sqlite hold+charge >= 5000 cycles/s (synchronous=full, {BATCH_CYCLES} cycles per transaction): {c:.0} -> {}",
+            met(c >= 5000.0)
+        );
+        targets.insert(
+            "sqlite_batched_cycles_per_second_ge_5000".into(),
             json!({ "value": c, "met": c >= 5000.0 }),
         );
     }

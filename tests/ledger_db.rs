@@ -1847,3 +1847,58 @@ db_test!(money_is_exact_through_the_database, |db| {
     assert_eq!(a.balances.charged, micros(33_333_339));
     assert_audit_clean(&mut conn);
 });
+
+db_test!(batches_share_one_commit_and_isolate_failures, |db| {
+    let mut conn = db.conn();
+    create(&mut conn, "proj-a", "100");
+    let held = place(&mut conn, &ctx(), &hold_req("proj-a", "10", "b-hold"));
+    let before = account(&mut conn, "proj-a").entry_count;
+    // Operations inside a caller's write transaction join it, each in a savepoint.
+    let outcome: Result<(), LedgerError> = asbb::db::write_transaction(&mut conn, |c| {
+        ledger::credit(c, &ctx(), &op("proj-a", usd("5"), "b", "b-1"))?;
+        // A failing operation is rolled back alone and the batch goes on.
+        let conflict = ledger::credit(c, &ctx(), &op("proj-a", usd("6"), "b", "b-1"));
+        assert!(
+            matches!(conflict, Err(LedgerError::IdempotencyConflict { .. })),
+            "{conflict:?}"
+        );
+        charge(c, held.id, "4", "b-charge");
+        let twice = ledger::release_hold(c, &ctx(), held.id, "", "b-release");
+        assert_hold_resolved(twice, held.id, HoldState::Charged);
+        ledger::credit(c, &ctx(), &op("proj-a", usd("7"), "b", "b-2"))?;
+        Ok(())
+    });
+    outcome.unwrap();
+    let a = account(&mut conn, "proj-a");
+    assert_eq!(
+        a.entry_count,
+        before + 4,
+        "two credits, a charge and its release"
+    );
+    assert_eq!(a.balances.credited, usd("112"));
+    assert_eq!(a.balances.charged, usd("4"));
+    assert_eq!(a.balances.held, UsdMicros::ZERO);
+    // A batch that fails as a whole leaves nothing behind.
+    let aborted: Result<(), LedgerError> = asbb::db::write_transaction(&mut conn, |c| {
+        ledger::credit(c, &ctx(), &op("proj-a", usd("50"), "b", "b-3"))?;
+        Err(LedgerError::Invalid {
+            field: "batch",
+            message: "stopped on purpose".into(),
+        })
+    });
+    assert!(aborted.is_err());
+    let after = account(&mut conn, "proj-a");
+    assert_eq!(after.entry_count, a.entry_count);
+    assert_eq!(after.balances, a.balances);
+    assert!(queries::entries(
+        &mut conn,
+        &EntryFilter {
+            account: Some("proj-a".into()),
+            ..Default::default()
+        }
+    )
+    .unwrap()
+    .iter()
+    .all(|e| e.idempotency_key != "b-3"));
+    assert_audit_clean(&mut conn);
+});

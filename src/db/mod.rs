@@ -353,6 +353,13 @@ pub fn backend_of(conn: &DbConn) -> Backend {
 /// Runs `f` in a write transaction: `BEGIN IMMEDIATE` on SQLite (the write lock is taken up
 /// front, waiting up to the busy timeout), a plain `BEGIN` on PostgreSQL (callers lock the rows
 /// they change). Commits on `Ok`, rolls back on `Err`.
+///
+/// **Batches.** Called inside another write transaction, `f` runs in a savepoint instead: every
+/// ledger operation then joins the caller's transaction, and one that fails is rolled back on
+/// its own without spoiling the others. Batch jobs (spool intake, reconciliation) wrap a bounded
+/// number of operations this way so that they pay for one commit, not one per operation. On
+/// PostgreSQL the accounts an operation locks stay locked until the batch commits: keep batches
+/// small and visit accounts in a stable order so two batch jobs cannot deadlock.
 pub fn write_transaction<T, E>(
     conn: &mut DbConn,
     f: impl FnOnce(&mut DbConn) -> Result<T, E>,
@@ -360,6 +367,11 @@ pub fn write_transaction<T, E>(
 where
     E: From<diesel::result::Error>,
 {
+    let depth = <DbConn as Connection>::TransactionManager::transaction_manager_status_mut(conn)
+        .transaction_depth()?;
+    if depth.is_some() {
+        return conn.transaction(f);
+    }
     match conn {
         DbConn::Sqlite(c) => AnsiTransactionManager::begin_transaction_sql(c, "BEGIN IMMEDIATE")?,
         DbConn::Postgres(c) => AnsiTransactionManager::begin_transaction(c)?,
