@@ -88,6 +88,8 @@ CREATE TABLE journal (
 CREATE INDEX journal_hold ON journal (hold_id);
 CREATE INDEX journal_job ON journal (job_id);
 CREATE INDEX journal_effective ON journal (effective_at);
+-- `usage show` / `account show` count an account's charges by flag: an index-only scan.
+CREATE INDEX journal_account_kind ON journal (account_id, kind, flags);
 
 CREATE TRIGGER journal_no_update BEFORE UPDATE ON journal
 BEGIN
