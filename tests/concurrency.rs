@@ -95,3 +95,89 @@ db_test!(concurrent_holds_never_overspend, |db| {
         .unwrap();
     assert_eq!(audit.code(), Some(0));
 });
+
+db_test!(concurrent_charges_resolve_a_hold_once, |db| {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("asbb.toml");
+    std::fs::write(&config, "").unwrap();
+    let run = |args: &[&str]| asbb(&db.url, &config).args(args).output().unwrap();
+    assert!(run(&[
+        "account",
+        "create",
+        "--account",
+        "shared",
+        "--name",
+        "Shared",
+        "--budget",
+        "100",
+        "--start",
+        "2026-01-01",
+        "--end",
+        "2026-12-31",
+        "--as-of",
+        "2026-01-02"
+    ])
+    .status
+    .success());
+    assert!(run(&[
+        "hold",
+        "place",
+        "--account",
+        "shared",
+        "--amount",
+        "50",
+        "--as-of",
+        "2026-02-01"
+    ])
+    .status
+    .success());
+    // Eight different charges (different keys and amounts) race for the same hold.
+    let children: Vec<_> = (1..=8)
+        .map(|i| {
+            asbb(&db.url, &config)
+                .args([
+                    "charge",
+                    "--hold",
+                    "hold-1",
+                    "--amount",
+                    &format!("{i}"),
+                    "--idempotency-key",
+                    &format!("race-{i}"),
+                    "--as-of",
+                    "2026-02-02",
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut won = 0;
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        match out.status.code() {
+            Some(0) => won += 1,
+            Some(1) => {
+                let err = String::from_utf8_lossy(&out.stderr);
+                assert!(err.contains("already charged"), "{err}");
+            }
+            other => panic!(
+                "unexpected exit {other:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        }
+    }
+    assert_eq!(won, 1, "a hold resolves exactly once");
+    let out = run(&["account", "show", "shared", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["budget_held"], "0.00");
+    assert_eq!(
+        run(&["transactions", "list", "--type", "charge", "--json"])
+            .stdout
+            .iter()
+            .filter(|b| **b == b'{')
+            .count(),
+        1
+    );
+    assert_eq!(run(&["audit", "verify"]).status.code(), Some(0));
+});

@@ -249,6 +249,27 @@ fn load_hold(conn: &mut DbConn, id: i64) -> Result<HoldRow, LedgerError> {
         .ok_or(LedgerError::UnknownHold(id))
 }
 
+/// Locks the account a hold belongs to and returns both, the hold read under the lock.
+fn lock_hold_account(
+    conn: &mut DbConn,
+    hold_id: i64,
+) -> Result<(AccountRow, HoldRow), LedgerError> {
+    let (account_id, hold) = holds::table
+        .find(hold_id)
+        .select((holds::account_id, HoldRow::as_select()))
+        .get_result::<(i64, HoldRow)>(conn)
+        .optional()?
+        .ok_or(LedgerError::UnknownHold(hold_id))?;
+    let acct = lock_account_by_id(conn, account_id)?;
+    let hold = match conn {
+        // `BEGIN IMMEDIATE` already excluded every other writer: the first read stands.
+        DbConn::Sqlite(_) => hold,
+        // Another transaction may have resolved the hold before this one got the account lock.
+        DbConn::Postgres(_) => load_hold(conn, hold_id)?,
+    };
+    Ok((acct, hold))
+}
+
 fn find_entry_by_key(conn: &mut DbConn, key: &str) -> Result<Option<JournalRow>, LedgerError> {
     Ok(journal::table
         .filter(journal::idempotency_key.eq(key))
@@ -310,12 +331,35 @@ impl<'a> Pending<'a> {
     }
 }
 
+/// The partition balance changes of one operation, written once when the account is saved
+/// (a charge and the release of its remainder touch the same partition row once, not twice).
+#[derive(Default)]
+struct PartitionDeltas {
+    changes: Vec<(String, Effect)>,
+    /// A partition row the operation has read already: (partition, charged, held).
+    known: Option<(String, i64, i64)>,
+}
+
+impl PartitionDeltas {
+    fn add(&mut self, part: &str, e: Effect) -> Result<(), LedgerError> {
+        match self.changes.iter_mut().find(|(p, _)| p == part) {
+            Some((_, sum)) => {
+                sum.charged = sum.charged.checked_add(e.charged)?;
+                sum.held = sum.held.checked_add(e.held)?;
+            }
+            None => self.changes.push((part.to_string(), e)),
+        }
+        Ok(())
+    }
+}
+
 /// Appends one entry to the account's chain and applies it to the in-memory row; the caller
 /// saves the row with [`save_account`] before committing.
 fn append(
     conn: &mut DbConn,
     ctx: &OpContext,
     acct: &mut AccountRow,
+    parts: &mut PartitionDeltas,
     p: &Pending<'_>,
 ) -> Result<JournalRow, LedgerError> {
     // A violated kind rule is a programming error in this module, never bad input.
@@ -399,7 +443,7 @@ fn append(
     };
     if let Some(part) = p.partition {
         if !p.effect.charged.is_zero() || !p.effect.held.is_zero() {
-            bump_partition(conn, ctx, acct.id, part, p.effect)?;
+            parts.add(part, p.effect)?;
         }
     }
     acct.entry_count = seq;
@@ -417,13 +461,21 @@ fn bump_partition(
     account_id: i64,
     part: &str,
     e: Effect,
+    known: Option<&(String, i64, i64)>,
 ) -> Result<(), LedgerError> {
-    let key = (account_id, part.to_string());
-    let existing = account_partitions::table
-        .find(key)
-        .select(PartitionRow::as_select())
-        .get_result(conn)
-        .optional()?;
+    let existing = match known {
+        Some((p, charged, held)) if p == part => Some(PartitionRow {
+            partition: p.clone(),
+            limit_micros: None,
+            charged_micros: *charged,
+            held_micros: *held,
+        }),
+        _ => account_partitions::table
+            .find((account_id, part))
+            .select(PartitionRow::as_select())
+            .get_result(conn)
+            .optional()?,
+    };
     let now = to_naive(ctx.recorded_at);
     match existing {
         Some(r) => {
@@ -455,7 +507,15 @@ fn bump_partition(
     Ok(())
 }
 
-fn save_account(conn: &mut DbConn, ctx: &OpContext, acct: &AccountRow) -> Result<(), LedgerError> {
+fn save_account(
+    conn: &mut DbConn,
+    ctx: &OpContext,
+    acct: &AccountRow,
+    parts: PartitionDeltas,
+) -> Result<(), LedgerError> {
+    for (part, e) in &parts.changes {
+        bump_partition(conn, ctx, acct.id, part, *e, parts.known.as_ref())?;
+    }
     diesel::update(accounts::table.find(acct.id))
         .set((
             accounts::credited_micros.eq(acct.credited_micros),
@@ -565,10 +625,12 @@ pub fn create_account(
             let key = format!("account-create:{name}:budget");
             let amount = new.budget.micros().to_string();
             let digest = request_digest(&["credit", name, &amount, "initial budget"]);
+            let mut parts = PartitionDeltas::default();
             append(
                 conn,
                 ctx,
                 &mut acct,
+                &mut parts,
                 &Pending::simple(
                     EntryKind::Credit,
                     new.budget,
@@ -577,7 +639,7 @@ pub fn create_account(
                     &digest,
                 )?,
             )?;
-            save_account(conn, ctx, &acct)?;
+            save_account(conn, ctx, &acct, parts)?;
         }
         Ok(acct.to_record())
     })
@@ -1029,8 +1091,9 @@ fn simple_op(
         let mut p = Pending::simple(kind, op.amount, op.reason, op.key, &digest)?;
         p.job_id = op.job_id;
         p.partition = op.partition;
-        let row = append(conn, ctx, &mut acct, &p)?;
-        save_account(conn, ctx, &acct)?;
+        let mut parts = PartitionDeltas::default();
+        let row = append(conn, ctx, &mut acct, &mut parts, &p)?;
+        save_account(conn, ctx, &acct, parts)?;
         Ok(Posted {
             entry: row.to_record(&acct.name, None),
             replayed: false,
@@ -1195,8 +1258,14 @@ pub fn place_hold(
         p.job_id = req.job_id;
         p.partition = req.partition;
         p.user_name = req.user_name;
-        append(conn, ctx, &mut acct, &p)?;
-        save_account(conn, ctx, &acct)?;
+        let mut parts = PartitionDeltas {
+            known: part_row
+                .as_ref()
+                .map(|r| (r.partition.clone(), r.charged_micros, r.held_micros)),
+            ..Default::default()
+        };
+        append(conn, ctx, &mut acct, &mut parts, &p)?;
+        save_account(conn, ctx, &acct, parts)?;
         let hold = HoldRow {
             id: hold_id,
             partition: req.partition.map(str::to_string),
@@ -1271,17 +1340,10 @@ pub fn charge_hold(
     // The hold and the cost identify the request; the job is checked against the hold's below.
     let digest = request_digest(&["charge-hold", &hold_s, &actual_s]);
     write_transaction(conn, |conn| {
-        let account_id: i64 = holds::table
-            .find(req.hold_id)
-            .select(holds::account_id)
-            .get_result(conn)
-            .optional()?
-            .ok_or(LedgerError::UnknownHold(req.hold_id))?;
-        let mut acct = lock_account_by_id(conn, account_id)?;
+        let (mut acct, hold) = lock_hold_account(conn, req.hold_id)?;
         if let Some(first) = replay(conn, req.key, &digest)? {
             return replayed_charge(conn, &acct, first);
         }
-        let hold = load_hold(conn, req.hold_id)?;
         if hold.state() != HoldState::Open {
             return Err(LedgerError::HoldResolved {
                 id: hold.id,
@@ -1330,7 +1392,8 @@ pub fn charge_hold(
             key: req.key,
             digest: &digest,
         };
-        let charge_row = append(conn, ctx, &mut acct, &charge)?;
+        let mut parts = PartitionDeltas::default();
+        let charge_row = append(conn, ctx, &mut acct, &mut parts, &charge)?;
         let release_row = if s.released.is_zero() {
             None
         } else {
@@ -1345,9 +1408,9 @@ pub fn charge_hold(
                 key: &release_key,
                 ..charge
             };
-            Some(append(conn, ctx, &mut acct, &p)?)
+            Some(append(conn, ctx, &mut acct, &mut parts, &p)?)
         };
-        save_account(conn, ctx, &acct)?;
+        save_account(conn, ctx, &acct, parts)?;
         diesel::update(holds::table.find(hold.id))
             .set((
                 holds::remaining_micros.eq(0i64),
@@ -1474,8 +1537,9 @@ pub fn charge_without_hold(
             key: req.key,
             digest: &digest,
         };
-        let row = append(conn, ctx, &mut acct, &p)?;
-        save_account(conn, ctx, &acct)?;
+        let mut parts = PartitionDeltas::default();
+        let row = append(conn, ctx, &mut acct, &mut parts, &p)?;
+        save_account(conn, ctx, &acct, parts)?;
         Ok(ChargeOutcome {
             hold: None,
             charge: row.to_record(&acct.name, None),
@@ -1540,22 +1604,14 @@ fn end_hold(
     let hold_s = hold_id.to_string();
     let digest = request_digest(&[kind.as_str(), &hold_s]);
     write_transaction(conn, |conn| {
-        let account_id: i64 = holds::table
-            .find(hold_id)
-            .select(holds::account_id)
-            .get_result(conn)
-            .optional()?
-            .ok_or(LedgerError::UnknownHold(hold_id))?;
-        let mut acct = lock_account_by_id(conn, account_id)?;
+        let (mut acct, hold) = lock_hold_account(conn, hold_id)?;
         if let Some(first) = replay(conn, key, &digest)? {
-            let hold = load_hold(conn, hold_id)?;
             return Ok(Released {
                 hold: hold.to_record(&acct.name),
                 entry: first.to_record(&acct.name, None),
                 replayed: true,
             });
         }
-        let hold = load_hold(conn, hold_id)?;
         if hold.state() != HoldState::Open {
             return Err(LedgerError::HoldResolved {
                 id: hold.id,
@@ -1599,8 +1655,9 @@ fn end_hold(
             key,
             digest: &digest,
         };
-        let row = append(conn, ctx, &mut acct, &p)?;
-        save_account(conn, ctx, &acct)?;
+        let mut parts = PartitionDeltas::default();
+        let row = append(conn, ctx, &mut acct, &mut parts, &p)?;
+        save_account(conn, ctx, &acct, parts)?;
         let state = if kind == EntryKind::Expiry {
             HoldState::Expired
         } else {
