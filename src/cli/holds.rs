@@ -7,7 +7,7 @@ use rust_decimal::Decimal;
 use serde_json::json;
 
 use super::output::{account_json, entry_json, hold_json, holds_table, m, print_json, print_table};
-use super::{non_negative_arg, positive_arg, user_key, CliError, Ctx};
+use super::{job_arg, non_negative_arg, positive_arg, user_key, CliError, Ctx};
 use crate::db::ledger::{
     self, ChargeHold, ChargeOutcome, ChargeUnmatched, HoldOutcome, HoldRequest, LedgerError,
 };
@@ -164,15 +164,6 @@ fn hold_id(flag: &str, text: &str) -> Result<i64, CliError> {
             format!("'{text}' is not a hold id (expected hold-42 or 42)"),
         )
     })
-}
-
-fn job_arg(flag: &str, text: Option<&str>) -> Result<Option<String>, CliError> {
-    text.map(|j| {
-        JobId::parse(j)
-            .map(|j| j.to_string())
-            .map_err(|e| CliError::usage(flag, e))
-    })
-    .transpose()
 }
 
 fn optional_text(flag: &str, text: Option<&str>) -> Result<Option<String>, CliError> {

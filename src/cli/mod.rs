@@ -256,6 +256,16 @@ pub(crate) fn user_key(given: Option<&str>, what: &str) -> Result<String, CliErr
     }
 }
 
+/// Parses an optional SLURM job id flag into its canonical spelling.
+pub(crate) fn job_arg(flag: &str, text: Option<&str>) -> Result<Option<String>, CliError> {
+    text.map(|j| {
+        crate::domain::JobId::parse(j)
+            .map(|j| j.to_string())
+            .map_err(|e| CliError::usage(flag, e))
+    })
+    .transpose()
+}
+
 /// Parses an amount that must be greater than zero.
 pub(crate) fn positive_arg(flag: &str, text: &str) -> Result<UsdMicros, CliError> {
     amount_arg(flag, text)?

@@ -6,9 +6,9 @@ use clap::Args;
 use serde_json::json;
 
 use super::output::{account_json, entry_json, print_json};
-use super::{amount_arg, positive_arg, user_key, CliError, Ctx};
-use crate::db::ledger::{self, MoneyOp, Posted};
-use crate::domain::JobId;
+use super::{amount_arg, job_arg, positive_arg, user_key, CliError, Ctx};
+use crate::db::ledger::{self, LedgerError, MoneyOp, OpContext, Posted};
+use crate::db::DbConn;
 use crate::exit;
 
 /// `asbb deposit`.
@@ -90,6 +90,21 @@ fn report(ctx: &Ctx<'_>, out: &mut dyn Write, verb: &str, p: &Posted) -> Result<
     Ok(exit::OK)
 }
 
+/// The ledger operations that take a [`MoneyOp`].
+type MoneyFn = fn(&mut DbConn, &OpContext, &MoneyOp<'_>) -> Result<Posted, LedgerError>;
+
+fn post(
+    ctx: &Ctx<'_>,
+    out: &mut dyn Write,
+    verb: &str,
+    f: MoneyFn,
+    op: &MoneyOp<'_>,
+) -> Result<i32, CliError> {
+    let mut conn = ctx.conn()?;
+    let p = f(&mut conn, &ctx.op()?, op)?;
+    report(ctx, out, verb, &p)
+}
+
 pub(crate) fn deposit(
     ctx: &Ctx<'_>,
     a: &DepositArgs,
@@ -97,39 +112,29 @@ pub(crate) fn deposit(
 ) -> Result<i32, CliError> {
     let amount = positive_arg("AMOUNT", &a.amount)?;
     let key = user_key(a.idempotency_key.as_deref(), "deposit")?;
-    let mut conn = ctx.conn()?;
-    let p = ledger::credit(
-        &mut conn,
-        &ctx.op()?,
-        &MoneyOp {
-            account: &a.account,
-            amount,
-            reason: &a.reason,
-            key: &key,
-            job_id: None,
-            partition: None,
-        },
-    )?;
-    report(ctx, out, "deposited", &p)
+    let op = MoneyOp {
+        account: &a.account,
+        amount,
+        reason: &a.reason,
+        key: &key,
+        job_id: None,
+        partition: None,
+    };
+    post(ctx, out, "deposited", ledger::credit, &op)
 }
 
 pub(crate) fn adjust(ctx: &Ctx<'_>, a: &AdjustArgs, out: &mut dyn Write) -> Result<i32, CliError> {
     let amount = amount_arg("AMOUNT", &a.amount)?;
     let key = user_key(a.idempotency_key.as_deref(), "adjust")?;
-    let mut conn = ctx.conn()?;
-    let p = ledger::adjust(
-        &mut conn,
-        &ctx.op()?,
-        &MoneyOp {
-            account: &a.account,
-            amount,
-            reason: &a.reason,
-            key: &key,
-            job_id: None,
-            partition: None,
-        },
-    )?;
-    report(ctx, out, "adjusted by", &p)
+    let op = MoneyOp {
+        account: &a.account,
+        amount,
+        reason: &a.reason,
+        key: &key,
+        job_id: None,
+        partition: None,
+    };
+    post(ctx, out, "adjusted by", ledger::adjust, &op)
 }
 
 pub(crate) fn refund(ctx: &Ctx<'_>, a: &RefundArgs, out: &mut dyn Write) -> Result<i32, CliError> {
@@ -137,28 +142,15 @@ pub(crate) fn refund(ctx: &Ctx<'_>, a: &RefundArgs, out: &mut dyn Write) -> Resu
     if let Some(p) = &a.partition {
         crate::domain::PartitionName::new(p).map_err(|e| CliError::usage("--partition", e))?;
     }
-    let job = a
-        .job
-        .as_deref()
-        .map(|j| {
-            JobId::parse(j)
-                .map(|j| j.to_string())
-                .map_err(|e| CliError::usage("--job", e))
-        })
-        .transpose()?;
+    let job = job_arg("--job", a.job.as_deref())?;
     let key = user_key(a.idempotency_key.as_deref(), "refund")?;
-    let mut conn = ctx.conn()?;
-    let p = ledger::refund(
-        &mut conn,
-        &ctx.op()?,
-        &MoneyOp {
-            account: &a.account,
-            amount,
-            reason: &a.reason,
-            key: &key,
-            job_id: job.as_deref(),
-            partition: a.partition.as_deref(),
-        },
-    )?;
-    report(ctx, out, "refunded", &p)
+    let op = MoneyOp {
+        account: &a.account,
+        amount,
+        reason: &a.reason,
+        key: &key,
+        job_id: job.as_deref(),
+        partition: a.partition.as_deref(),
+    };
+    post(ctx, out, "refunded", ledger::refund, &op)
 }

@@ -6,12 +6,11 @@ use clap::{Args, Subcommand};
 use serde_json::json;
 
 use super::output::{entries_table, entry_json, print_json, print_table, ts};
-use super::{CliError, Ctx};
+use super::{job_arg, CliError, Ctx};
 use crate::db::models::hold_reference;
 use crate::db::queries::{self, EntryFilter};
 use crate::domain::ledger::{EntryKind, HoldState};
 use crate::domain::time::{parse_span, DateInput};
-use crate::domain::JobId;
 use crate::exit;
 
 /// `asbb transactions`.
@@ -102,15 +101,7 @@ pub(crate) fn run(
                         .map_err(|e| CliError::usage("--until", e))
                 })
                 .transpose()?;
-            let job_id = a
-                .job
-                .as_deref()
-                .map(|j| {
-                    JobId::parse(j)
-                        .map(|j| j.to_string())
-                        .map_err(|e| CliError::usage("--job", e))
-                })
-                .transpose()?;
+            let job_id = job_arg("--job", a.job.as_deref())?;
             if a.limit < 0 {
                 return Err(CliError::usage("--limit", "must be 0 (all) or more"));
             }
