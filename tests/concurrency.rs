@@ -17,11 +17,12 @@ fn asbb(url: &str, config: &std::path::Path) -> Command {
     c
 }
 
-db_test!(concurrent_holds_never_overspend, |db| {
+/// A config file in a fresh directory and the account `shared` with a $100 budget.
+fn shared_account(url: &str) -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("asbb.toml");
     std::fs::write(&config, "").unwrap();
-    let st = asbb(&db.url, &config)
+    let st = asbb(url, &config)
         .args([
             "account",
             "create",
@@ -41,6 +42,11 @@ db_test!(concurrent_holds_never_overspend, |db| {
         .status()
         .unwrap();
     assert!(st.success());
+    (dir, config)
+}
+
+db_test!(concurrent_holds_never_overspend, |db| {
+    let (_dir, config) = shared_account(&db.url);
     // Each hold is $7: the budget covers 14 of them and leaves $2.
     let children: Vec<_> = (0..PROCESSES)
         .map(|i| {
@@ -97,28 +103,8 @@ db_test!(concurrent_holds_never_overspend, |db| {
 });
 
 db_test!(concurrent_charges_resolve_a_hold_once, |db| {
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("asbb.toml");
-    std::fs::write(&config, "").unwrap();
+    let (_dir, config) = shared_account(&db.url);
     let run = |args: &[&str]| asbb(&db.url, &config).args(args).output().unwrap();
-    assert!(run(&[
-        "account",
-        "create",
-        "--account",
-        "shared",
-        "--name",
-        "Shared",
-        "--budget",
-        "100",
-        "--start",
-        "2026-01-01",
-        "--end",
-        "2026-12-31",
-        "--as-of",
-        "2026-01-02"
-    ])
-    .status
-    .success());
     assert!(run(&[
         "hold",
         "place",
