@@ -532,6 +532,7 @@ fn cycle(conn: &mut DbConn, accounts: &[String], rng: &mut Rng) -> Result<()> {
         job_id: Some(&job_id),
         user_name: Some(USERS[rng.below(USERS.len())]),
         expires_at: Some(ctx.effective_at + TimeDelta::days(7)),
+        tasks: None,
         key: &hold_key,
     };
     let hold = match ledger::place_hold(conn, &ctx, &req)

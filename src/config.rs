@@ -44,6 +44,51 @@ default_hold_buffer = "1.2"
 
 # How long a hold lives before it may be expired (`asbb hold expire`): 90m, 12h, 7d, 2w.
 hold_lifetime = "7d"
+
+[spool]
+# Where producers drop files. An empty string leaves that kind out of `asbb spool scan` and
+# `asbb-spoold`. Processed files move to processed/ beside them, refused ones to rejected/
+# (with a <name>.error.json saying why). Nothing is ever deleted.
+asbx_dir = "/var/spool/asbx"
+jobs_dir = "/var/spool/asbb/jobs"
+plans_dir = "/var/spool/asba/plans"
+
+# An empty or unparsable file may still be being written (ASBX writes in place). It is retried
+# until it is this old (by modification time), then rejected. "0" rejects at once.
+not_ready_grace = "10m"
+
+# Files larger than this (bytes) are refused.
+max_file_size = 1048576
+
+# The largest cost one run may report, in USD; larger amounts are refused as implausible.
+max_cost = "1000000"
+
+# Files recorded per database transaction.
+batch_size = 1000
+
+# asbb-spoold rescans this often even when no file event arrives (NFS spools see none).
+rescan_interval = "60s"
+
+# asbb-spoold reconciles what it took in after each batch (otherwise only `asbb reconcile` does).
+reconcile = true
+
+[reconcile]
+# Runs that ended in one of these SLURM states failed for reasons the user did not cause;
+# they get refund_percent of their cost back, with the reason in the journal.
+refund_states = "NODE_FAIL,BOOT_FAIL"
+refund_percent = "100"
+
+# Records per database transaction.
+batch_size = 500
+
+[recover]
+# How long after a job ended its cost may still arrive; after that `asbb recover` releases
+# the hold of a job without a cost record. "0" releases at once.
+grace = "1d"
+
+# Ask SLURM (`sacct`) about jobs whose hold is open but whose job-end record never came.
+use_sacct = false
+sacct_command = "sacct"
 "#;
 
 /// The whole configuration.
@@ -54,6 +99,96 @@ pub struct Config {
     pub database: DatabaseConfig,
     /// `[ledger]`.
     pub ledger: LedgerConfig,
+    /// `[spool]`.
+    pub spool: SpoolConfig,
+    /// `[reconcile]`.
+    pub reconcile: ReconcileConfig,
+    /// `[recover]`.
+    pub recover: RecoverConfig,
+}
+
+/// `[spool]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpoolConfig {
+    /// ASBX cost exports.
+    pub asbx_dir: String,
+    /// Job-end records.
+    pub jobs_dir: String,
+    /// ASBA plans.
+    pub plans_dir: String,
+    /// Retry period for empty or unparsable files.
+    pub not_ready_grace: String,
+    /// Largest file, bytes.
+    pub max_file_size: u64,
+    /// Largest cost per run, USD.
+    pub max_cost: String,
+    /// Files per transaction.
+    pub batch_size: u64,
+    /// Daemon rescan period.
+    pub rescan_interval: String,
+    /// Whether the daemon reconciles after intake.
+    pub reconcile: bool,
+}
+
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        SpoolConfig {
+            asbx_dir: "/var/spool/asbx".into(),
+            jobs_dir: "/var/spool/asbb/jobs".into(),
+            plans_dir: "/var/spool/asba/plans".into(),
+            not_ready_grace: "10m".into(),
+            max_file_size: 1 << 20,
+            max_cost: "1000000".into(),
+            batch_size: 1000,
+            rescan_interval: "60s".into(),
+            reconcile: true,
+        }
+    }
+}
+
+/// `[reconcile]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReconcileConfig {
+    /// Comma-separated SLURM states that earn a refund.
+    pub refund_states: String,
+    /// Percent refunded.
+    pub refund_percent: String,
+    /// Records per transaction.
+    pub batch_size: u64,
+}
+
+impl Default for ReconcileConfig {
+    fn default() -> Self {
+        ReconcileConfig {
+            refund_states: "NODE_FAIL,BOOT_FAIL".into(),
+            refund_percent: "100".into(),
+            batch_size: 500,
+        }
+    }
+}
+
+/// `[recover]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RecoverConfig {
+    /// Grace after job end.
+    pub grace: String,
+    /// Whether to ask sacct.
+    pub use_sacct: bool,
+    /// The sacct command.
+    pub sacct_command: String,
+}
+
+impl Default for RecoverConfig {
+    fn default() -> Self {
+        RecoverConfig {
+            grace: "1d".into(),
+            use_sacct: false,
+            sacct_command: "sacct".into(),
+        }
+    }
 }
 
 /// `[database]`.
@@ -205,11 +340,20 @@ pub fn load(
     for (section, key) in keys() {
         let name = env_name(&section, &key);
         let Some(raw) = env(&name) else { continue };
-        let default_is_int = defaults
-            .get(&section)
-            .and_then(|s| s.get(&key))
-            .is_some_and(toml::Value::is_integer);
-        let v = if default_is_int {
+        let default = defaults.get(&section).and_then(|s| s.get(&key));
+        let default_is_int = default.is_some_and(toml::Value::is_integer);
+        let v = if default.is_some_and(toml::Value::is_bool) {
+            match raw.trim().to_ascii_lowercase().as_str() {
+                "true" | "1" | "yes" => toml::Value::Boolean(true),
+                "false" | "0" | "no" => toml::Value::Boolean(false),
+                _ => {
+                    return Err(ConfigError::Invalid(vec![Problem {
+                        key: format!("{section}.{key}"),
+                        message: format!("{name}='{raw}' is neither true nor false"),
+                    }]))
+                }
+            }
+        } else if default_is_int {
             match raw.trim().parse::<i64>() {
                 Ok(i) => toml::Value::Integer(i),
                 Err(_) => {
@@ -245,6 +389,15 @@ pub fn load(
         path,
         overrides,
     })
+}
+
+/// A span like `10m`, or `0` for none.
+pub fn span_or_zero(text: &str) -> Result<Duration, crate::domain::time::TimeError> {
+    if text.trim() == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let d = parse_span(text)?;
+    Ok(d.to_std().unwrap_or(Duration::ZERO))
 }
 
 impl Config {
@@ -288,7 +441,120 @@ impl Config {
         if let Err(e) = parse_span(&self.ledger.hold_lifetime) {
             bad("ledger.hold_lifetime", e.to_string());
         }
+        for (key, v) in [
+            ("spool.not_ready_grace", &self.spool.not_ready_grace),
+            ("spool.rescan_interval", &self.spool.rescan_interval),
+            ("recover.grace", &self.recover.grace),
+        ] {
+            if let Err(e) = span_or_zero(v) {
+                bad(key, e.to_string());
+            }
+        }
+        if !(1..=1 << 30).contains(&self.spool.max_file_size) {
+            bad(
+                "spool.max_file_size",
+                format!(
+                    "{} is outside 1..=1073741824 bytes",
+                    self.spool.max_file_size
+                ),
+            );
+        }
+        match crate::domain::UsdMicros::parse(&self.spool.max_cost) {
+            Ok(m) if !m.is_negative() && !m.is_zero() => {}
+            _ => bad(
+                "spool.max_cost",
+                format!(
+                    "'{}' must be a positive amount like \"1000000\"",
+                    self.spool.max_cost
+                ),
+            ),
+        }
+        for (key, v) in [
+            ("spool.batch_size", self.spool.batch_size),
+            ("reconcile.batch_size", self.reconcile.batch_size),
+        ] {
+            if !(1..=100_000).contains(&v) {
+                bad(key, format!("{v} is outside 1..=100000"));
+            }
+        }
+        match Decimal::from_str(self.reconcile.refund_percent.trim()) {
+            Ok(d) if d >= Decimal::ZERO && d <= Decimal::from(100) => {}
+            _ => bad(
+                "reconcile.refund_percent",
+                format!(
+                    "'{}' must be a percentage between 0 and 100",
+                    self.reconcile.refund_percent
+                ),
+            ),
+        }
+        for state in self.refund_states() {
+            if state.is_empty() || !state.bytes().all(|b| b.is_ascii_uppercase() || b == b'_') {
+                bad(
+                    "reconcile.refund_states",
+                    format!("'{state}' is not a SLURM state name like NODE_FAIL"),
+                );
+            }
+        }
+        if self.recover.sacct_command.trim().is_empty() {
+            bad("recover.sacct_command", "must name a command".into());
+        }
         out
+    }
+
+    /// The spool directories (empty strings leave a kind out).
+    pub fn spool_dirs(&self) -> crate::spool::intake::SpoolDirs {
+        let dir = |s: &str| (!s.trim().is_empty()).then(|| PathBuf::from(s));
+        crate::spool::intake::SpoolDirs {
+            asbx: dir(&self.spool.asbx_dir),
+            jobs: dir(&self.spool.jobs_dir),
+            plans: dir(&self.spool.plans_dir),
+        }
+    }
+
+    /// Intake options from `[spool]` (validated at load).
+    pub fn intake_options(&self) -> crate::spool::intake::IntakeOptions {
+        crate::spool::intake::IntakeOptions {
+            limits: crate::spool::Limits {
+                max_cost: crate::domain::UsdMicros::parse(&self.spool.max_cost)
+                    .unwrap_or(crate::spool::Limits::default().max_cost),
+            },
+            max_file_size: self.spool.max_file_size,
+            not_ready_grace: span_or_zero(&self.spool.not_ready_grace)
+                .unwrap_or(Duration::from_secs(600)),
+            batch_size: self.spool.batch_size as usize,
+        }
+    }
+
+    /// The daemon's rescan period.
+    pub fn rescan_interval(&self) -> Duration {
+        span_or_zero(&self.spool.rescan_interval).unwrap_or(Duration::from_secs(60))
+    }
+
+    /// Refund states, upper case.
+    pub fn refund_states(&self) -> Vec<String> {
+        self.reconcile
+            .refund_states
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect()
+    }
+
+    /// The reconcile policy from `[reconcile]`.
+    pub fn reconcile_policy(&self) -> crate::db::reconcile::ReconcilePolicy {
+        crate::db::reconcile::ReconcilePolicy {
+            refund_states: self.refund_states(),
+            refund_percent: Decimal::from_str(self.reconcile.refund_percent.trim())
+                .unwrap_or(Decimal::from(100)),
+            batch_size: self.reconcile.batch_size as usize,
+        }
+    }
+
+    /// The recover policy from `[recover]`.
+    pub fn recover_policy(&self) -> crate::db::reconcile::RecoverPolicy {
+        crate::db::reconcile::RecoverPolicy {
+            grace: span_or_zero(&self.recover.grace).unwrap_or(Duration::from_secs(86_400)),
+        }
     }
 
     fn sqlite_sync(&self) -> Option<SqliteSync> {

@@ -10,3 +10,4 @@ pub mod config;
 pub mod db;
 pub mod domain;
 pub mod exit;
+pub mod spool;

@@ -87,6 +87,7 @@ fn hold_req<'a>(account: &'a str, estimate: &str, key: &'a str) -> HoldRequest<'
         job_id: None,
         user_name: None,
         expires_at: None,
+        tasks: None,
         key,
     }
 }

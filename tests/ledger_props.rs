@@ -278,6 +278,7 @@ fn hold_request<'a>(
         job_id: None,
         user_name: None,
         expires_at,
+        tasks: None,
         key,
     }
 }

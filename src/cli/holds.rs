@@ -69,6 +69,10 @@ pub struct PlaceArgs {
     /// Lifetime before the hold may expire [default: ledger.hold_lifetime, 7d].
     #[arg(long, value_name = "SPAN")]
     pub expires_in: Option<String>,
+    /// For a job array: how many tasks the hold covers. Each task's cost is charged against it
+    /// and the last task releases what is left.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub tasks: Option<u32>,
     /// Makes a retry safe: a second call with the same key places no second hold.
     #[arg(long, value_name = "KEY")]
     pub idempotency_key: Option<String>,
@@ -142,19 +146,6 @@ pub struct ChargeArgs {
     /// Makes a retry safe [default: charge:hold-N for a hold, a new key otherwise].
     #[arg(long, value_name = "KEY")]
     pub idempotency_key: Option<String>,
-}
-
-/// `asbb reconcile JOB --transaction T --actual-cost X`.
-#[derive(Debug, Args)]
-pub struct ReconcileArgs {
-    /// SLURM job id (1234, 1234_5, 1234+1; job_1234 is accepted).
-    pub job: String,
-    /// The job's hold: hold-42 (the check's transaction_id).
-    #[arg(long, value_name = "HOLD")]
-    pub transaction: String,
-    /// Actual cost in USD.
-    #[arg(long, value_name = "AMOUNT", allow_hyphen_values = true)]
-    pub actual_cost: String,
 }
 
 fn hold_id(flag: &str, text: &str) -> Result<i64, CliError> {
@@ -328,6 +319,7 @@ fn place(ctx: &Ctx<'_>, a: &PlaceArgs, out: &mut dyn Write) -> Result<i32, CliEr
             job_id: job.as_deref(),
             user_name: user.as_deref(),
             expires_at: Some(op.effective_at + lifetime),
+            tasks: a.tasks,
             key: &key,
         },
     )?;
@@ -494,16 +486,19 @@ pub(crate) fn charge(ctx: &Ctx<'_>, a: &ChargeArgs, out: &mut dyn Write) -> Resu
     report_charge(ctx, out, &outcome)
 }
 
-pub(crate) fn reconcile(
+/// `asbb reconcile JOB --transaction T --actual-cost X`: one job by hand.
+pub(crate) fn reconcile_manual(
     ctx: &Ctx<'_>,
-    a: &ReconcileArgs,
+    job: &str,
+    transaction: &str,
+    actual_cost: &str,
     out: &mut dyn Write,
 ) -> Result<i32, CliError> {
-    let job = JobId::parse(&a.job)
+    let job = JobId::parse(job)
         .map_err(|e| CliError::usage("JOB", e))?
         .to_string();
-    let id = hold_id("--transaction", &a.transaction)?;
-    let actual = non_negative_arg("--actual-cost", &a.actual_cost)?;
+    let id = hold_id("--transaction", transaction)?;
+    let actual = non_negative_arg("--actual-cost", actual_cost)?;
     let mut conn = ctx.conn()?;
     // Deterministic key: re-running the same reconciliation is a no-op, not a second charge.
     let key = format!("charge:hold-{id}");

@@ -7,6 +7,7 @@ mod admin;
 mod holds;
 mod money;
 mod output;
+mod spool;
 mod transactions;
 
 use std::path::PathBuf;
@@ -67,8 +68,17 @@ pub enum Command {
     Hold(holds::HoldCmd),
     /// Charge an actual cost: against a hold (--hold), or to an account without one (--account).
     Charge(holds::ChargeArgs),
-    /// Reconcile one job by hand: charge its actual cost against its hold.
-    Reconcile(holds::ReconcileArgs),
+    /// Charge stored cost records against their holds (the timer job); or one job by hand
+    /// with JOB --transaction HOLD --actual-cost X; or list what waits (--pending).
+    Reconcile(spool::ReconcileArgs),
+    /// Take in spool files (cost exports, job-end records, plans) and show conflicts.
+    #[command(subcommand)]
+    Spool(spool::SpoolCmd),
+    /// Release holds of jobs that will never report a cost, and expire old holds (timer job).
+    Recover(spool::RecoverArgs),
+    /// How good the estimates are.
+    #[command(subcommand)]
+    Analytics(spool::AnalyticsCmd),
     /// List and show journal entries.
     #[command(subcommand, visible_alias = "transaction")]
     Transactions(transactions::TransactionsCmd),
@@ -234,10 +244,12 @@ pub(crate) fn amount_arg(flag: &str, text: &str) -> Result<UsdMicros, CliError> 
 
 /// Prefixes of the keys asbb derives itself (`charge:hold-7`, `release:hold-7`, …). A key an
 /// admin chooses must not start with one, or it could block the operation it imitates.
-pub(crate) const RESERVED_KEY_PREFIXES: [&str; 5] = [
+pub(crate) const RESERVED_KEY_PREFIXES: [&str; 7] = [
     "charge:",
     "release:",
     "expiry:",
+    "refund:",
+    "recover:",
     "account-create:",
     "manual:",
 ];
@@ -305,7 +317,10 @@ pub fn run(cli: &Cli) -> Result<i32, CliError> {
         Command::Refund(a) => money::refund(&ctx, a, out),
         Command::Hold(c) => holds::run(&ctx, c, out),
         Command::Charge(a) => holds::charge(&ctx, a, out),
-        Command::Reconcile(a) => holds::reconcile(&ctx, a, out),
+        Command::Reconcile(a) => spool::reconcile(&ctx, a, out),
+        Command::Spool(c) => spool::run(&ctx, c, out),
+        Command::Recover(a) => spool::recover(&ctx, a, out),
+        Command::Analytics(c) => spool::analytics(&ctx, c, out),
         Command::Transactions(c) => transactions::run(&ctx, c, out),
         Command::Usage(c) => account::usage(&ctx, c, out),
         Command::Audit(c) => admin::audit(&ctx, c, out),

@@ -120,7 +120,7 @@ pub enum LedgerError {
 }
 
 impl LedgerError {
-    fn invalid(field: &'static str, message: impl Into<String>) -> LedgerError {
+    pub(crate) fn invalid(field: &'static str, message: impl Into<String>) -> LedgerError {
         LedgerError::Invalid {
             field,
             message: message.into(),
@@ -1124,6 +1124,8 @@ pub struct HoldRequest<'a> {
     pub user_name: Option<&'a str>,
     /// When the hold expires if nothing resolves it.
     pub expires_at: Option<DateTime<Utc>>,
+    /// For a job array: the number of tasks the hold covers (each task is charged on its own).
+    pub tasks: Option<u32>,
     /// Idempotency key.
     pub key: &'a str,
 }
@@ -1178,7 +1180,14 @@ pub fn place_hold(
         req.cluster.unwrap_or(""),
         req.job_id.unwrap_or(""),
         req.user_name.unwrap_or(""),
+        &req.tasks.map(|t| format!("tasks={t}")).unwrap_or_default(),
     ]);
+    if req.tasks == Some(0) {
+        return Err(LedgerError::invalid(
+            "--tasks",
+            "an array hold covers at least one task",
+        ));
+    }
     write_transaction(conn, |conn| {
         let mut acct = match lock_account(conn, req.account) {
             Ok(a) => a,
@@ -1247,6 +1256,7 @@ pub fn place_hold(
                 expires_at: req.expires_at.map(to_naive),
                 created_at: to_naive(ctx.effective_at),
                 idempotency_key: req.key,
+                tasks: req.tasks.map(i64::from),
             })
             .returning(holds::id)
             .get_result(conn)
@@ -1282,6 +1292,8 @@ pub fn place_hold(
             expires_at: req.expires_at.map(to_naive),
             created_at: to_naive(ctx.effective_at),
             resolved_at: None,
+            tasks: req.tasks.map(i64::from),
+            tasks_charged: 0,
         };
         Ok(HoldOutcome::Placed {
             hold: Box::new(hold.to_record(&acct.name)),
@@ -1351,7 +1363,9 @@ pub fn charge_hold(
             });
         }
         if let (Some(a), Some(b)) = (hold.job_id.as_deref(), req.job_id) {
-            if a != b {
+            // The tasks of an array (and components of a het job) draw from the job's hold.
+            let base_of_b = b.split(['_', '+']).next().unwrap_or(b);
+            if a != b && a != base_of_b {
                 return Err(LedgerError::invalid(
                     "--job",
                     format!("hold-{} belongs to job {a}, not {b}", hold.id),
@@ -1360,8 +1374,21 @@ pub fn charge_hold(
         }
         let job = req.job_id.or(hold.job_id.as_deref());
         let remaining = UsdMicros::from_stored(hold.remaining_micros);
-        let s = settle(remaining, req.actual)?;
-        let flags = if s.overrun.is_zero() { "" } else { "overrun" };
+        let mut s = settle(remaining, req.actual)?;
+        // A plain hold resolves with its one charge; an array hold stays open until its last
+        // task is charged, and only then releases what is left.
+        let tasks_charged = hold.tasks_charged + 1;
+        let last = hold.tasks.is_none_or(|n| tasks_charged >= n);
+        if !last {
+            s.released = UsdMicros::ZERO;
+        }
+        let overrun_now = !s.overrun.is_zero();
+        let flags = if overrun_now || hold.flags == "overrun" {
+            "overrun"
+        } else {
+            ""
+        };
+        let entry_flags = if overrun_now { "overrun" } else { "" };
         let reason = if req.reason.is_empty() {
             if s.overrun.is_zero() {
                 format!("actual cost ${} against hold-{}", req.actual, hold.id)
@@ -1388,7 +1415,7 @@ pub fn charge_hold(
             partition: hold.partition.as_deref(),
             user_name: hold.user_name.as_deref(),
             reason: &reason,
-            flags,
+            flags: entry_flags,
             key: req.key,
             digest: &digest,
         };
@@ -1411,24 +1438,43 @@ pub fn charge_hold(
             Some(append(conn, ctx, &mut acct, &mut parts, &p)?)
         };
         save_account(conn, ctx, &acct, parts)?;
+        let charged = UsdMicros::from_stored(hold.charged_micros).checked_add(req.actual)?;
+        let (left, state, resolved_at) = if last {
+            (0, HoldState::Charged, Some(to_naive(ctx.effective_at)))
+        } else {
+            (
+                remaining.checked_sub(s.consumed)?.micros(),
+                HoldState::Open,
+                None,
+            )
+        };
+        // An array hold keeps the array's job id; its tasks' charges name the task.
+        let array_job = job.and_then(|j| j.split_once('_').map(|(base, _)| base));
+        let hold_job = if hold.tasks.is_some() {
+            hold.job_id.as_deref().or(array_job).or(job)
+        } else {
+            job
+        };
         diesel::update(holds::table.find(hold.id))
             .set((
-                holds::remaining_micros.eq(0i64),
-                holds::charged_micros.eq(req.actual.micros()),
-                holds::state.eq(HoldState::Charged.as_str()),
+                holds::remaining_micros.eq(left),
+                holds::charged_micros.eq(charged.micros()),
+                holds::state.eq(state.as_str()),
                 holds::flags.eq(flags),
-                holds::job_id.eq(job),
-                holds::resolved_at.eq(Some(to_naive(ctx.effective_at))),
+                holds::job_id.eq(hold_job),
+                holds::resolved_at.eq(resolved_at),
+                holds::tasks_charged.eq(tasks_charged),
             ))
             .execute(conn)?;
-        let job = job.map(str::to_string);
+        let hold_job = hold_job.map(str::to_string);
         let hold = HoldRow {
-            remaining_micros: 0,
-            charged_micros: req.actual.micros(),
-            state: HoldState::Charged.as_str().to_string(),
+            remaining_micros: left,
+            charged_micros: charged.micros(),
+            state: state.as_str().to_string(),
             flags: flags.to_string(),
-            job_id: job,
-            resolved_at: Some(to_naive(ctx.effective_at)),
+            job_id: hold_job,
+            resolved_at,
+            tasks_charged,
             ..hold
         };
         Ok(ChargeOutcome {

@@ -13,7 +13,9 @@ pub mod audit;
 pub mod ledger;
 pub mod models;
 pub mod queries;
+pub mod reconcile;
 pub mod schema;
+pub mod spool;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -388,6 +390,29 @@ where
             Err(e)
         }
     }
+}
+
+/// Batch jobs that must not run two at a time against one ledger.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchLock {
+    /// Spool intake (`asbb spool scan`, `asbb-spoold`).
+    Intake,
+    /// Reconciliation and recovery.
+    Reconcile,
+}
+
+/// Serialises batch transactions of one kind: on PostgreSQL with a transaction-scoped advisory
+/// lock (several hosts may run the same timer); on SQLite `BEGIN IMMEDIATE` already does.
+pub fn lock_batch(conn: &mut DbConn, which: BatchLock) -> Result<(), diesel::result::Error> {
+    use diesel::RunQueryDsl;
+    if let DbConn::Postgres(c) = conn {
+        let key = match which {
+            BatchLock::Intake => 0x6173_6262_0001_i64,
+            BatchLock::Reconcile => 0x6173_6262_0002_i64,
+        };
+        diesel::sql_query(format!("SELECT pg_advisory_xact_lock({key})")).execute(c)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

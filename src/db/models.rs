@@ -106,6 +106,8 @@ pub(crate) struct HoldRow {
     pub expires_at: Option<NaiveDateTime>,
     pub created_at: NaiveDateTime,
     pub resolved_at: Option<NaiveDateTime>,
+    pub tasks: Option<i64>,
+    pub tasks_charged: i64,
 }
 
 impl HoldRow {
@@ -131,6 +133,8 @@ impl HoldRow {
             expires_at: self.expires_at.map(from_naive),
             created_at: from_naive(self.created_at),
             resolved_at: self.resolved_at.map(from_naive),
+            tasks: self.tasks,
+            tasks_charged: self.tasks_charged,
         }
     }
 }
@@ -153,6 +157,7 @@ pub(crate) struct NewHoldRow<'a> {
     pub expires_at: Option<NaiveDateTime>,
     pub created_at: NaiveDateTime,
     pub idempotency_key: &'a str,
+    pub tasks: Option<i64>,
 }
 
 /// A `journal` row.
@@ -371,6 +376,11 @@ pub struct Hold {
     pub created_at: DateTime<Utc>,
     /// Resolved.
     pub resolved_at: Option<DateTime<Utc>>,
+    /// For a job array: how many tasks the hold covers. Tasks are charged one by one and the
+    /// last one releases what is left.
+    pub tasks: Option<i64>,
+    /// How many charges were booked against the hold.
+    pub tasks_charged: i64,
 }
 
 impl Hold {

@@ -53,6 +53,8 @@ diesel::table! {
         created_at -> Timestamp,
         resolved_at -> Nullable<Timestamp>,
         idempotency_key -> Text,
+        tasks -> Nullable<BigInt>,
+        tasks_charged -> BigInt,
     }
 }
 
@@ -99,6 +101,106 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    spool_files (id) {
+        id -> BigInt,
+        kind -> Text,
+        name -> Text,
+        file_key -> Text,
+        sha256 -> Text,
+        size_bytes -> BigInt,
+        outcome -> Text,
+        record_id -> Nullable<BigInt>,
+        reasons -> Text,
+        seen_at -> Timestamp,
+        resolved_at -> Nullable<Timestamp>,
+        resolved_by -> Nullable<Text>,
+        resolution -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    cost_records (id) {
+        id -> BigInt,
+        run_key -> Text,
+        job_id -> Text,
+        job_base -> BigInt,
+        array_task -> Nullable<BigInt>,
+        het_offset -> Nullable<BigInt>,
+        run -> BigInt,
+        account -> Text,
+        actual_micros -> BigInt,
+        producer_estimate_micros -> Nullable<BigInt>,
+        transaction_ref -> Nullable<Text>,
+        job_state -> Nullable<Text>,
+        exit_code -> Nullable<Text>,
+        user_name -> Nullable<Text>,
+        partition -> Nullable<Text>,
+        submitted_at -> Nullable<Timestamp>,
+        started_at -> Nullable<Timestamp>,
+        completed_at -> Nullable<Timestamp>,
+        export_time -> Nullable<Timestamp>,
+        content_digest -> Text,
+        status -> Text,
+        status_reason -> Text,
+        status_detail -> Text,
+        hold_id -> Nullable<BigInt>,
+        charge_entry_id -> Nullable<BigInt>,
+        refund_entry_id -> Nullable<BigInt>,
+        estimate_micros -> Nullable<BigInt>,
+        charged_account -> Nullable<Text>,
+        charged_partition -> Nullable<Text>,
+        received_at -> Timestamp,
+        reconciled_at -> Nullable<Timestamp>,
+    }
+}
+
+diesel::table! {
+    job_end_records (id) {
+        id -> BigInt,
+        run_key -> Text,
+        cluster -> Text,
+        job_id -> Text,
+        job_base -> BigInt,
+        array_task -> Nullable<BigInt>,
+        account -> Text,
+        partition -> Nullable<Text>,
+        user_name -> Nullable<Text>,
+        state -> Text,
+        exit_code -> Nullable<Text>,
+        submitted_at -> Timestamp,
+        started_at -> Nullable<Timestamp>,
+        ended_at -> Timestamp,
+        time_limit -> Nullable<Text>,
+        nodes -> Nullable<BigInt>,
+        cpus -> Nullable<BigInt>,
+        hold_ref -> Nullable<Text>,
+        content_digest -> Text,
+        received_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    plans (id) {
+        id -> BigInt,
+        plan_id -> Text,
+        shape -> Text,
+        account -> Text,
+        max_total_micros -> BigInt,
+        should_burst -> Nullable<Bool>,
+        max_duration_micros -> Nullable<BigInt>,
+        instance_types -> Text,
+        instance_count -> Nullable<BigInt>,
+        purchasing_option -> Nullable<Text>,
+        expected_runtime_ns -> Nullable<BigInt>,
+        confidence -> Nullable<Text>,
+        generated_at -> Nullable<Timestamp>,
+        job_id -> Nullable<Text>,
+        content_digest -> Text,
+        received_at -> Timestamp,
+    }
+}
+
 diesel::joinable!(account_partitions -> accounts (account_id));
 diesel::joinable!(holds -> accounts (account_id));
 diesel::joinable!(journal -> accounts (account_id));
@@ -110,5 +212,9 @@ diesel::allow_tables_to_appear_in_same_query!(
     account_partitions,
     holds,
     journal,
-    account_changes
+    account_changes,
+    spool_files,
+    cost_records,
+    job_end_records,
+    plans
 );

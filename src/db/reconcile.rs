@@ -1,0 +1,916 @@
+//! Reconciliation and recovery: the batch jobs that turn stored spool records into ledger
+//! entries.
+//!
+//! `reconcile` charges every run with a cost record against its hold (found from the record's
+//! `budget_transaction_id`, from the job-end record, or from the job id the hold carries),
+//! releases the remainder, charges runs without a hold to their account flagged `unmatched`,
+//! applies the refund policy, and leaves costs it cannot book (anonymised or unknown account)
+//! waiting in a visible queue. `recover` releases holds whose job will never report a cost and
+//! expires holds past their lifetime.
+//!
+//! Every ledger entry made here has a key derived from the run or the hold, so running either
+//! job twice, or two at once, or again after a crash, books nothing twice.
+
+use std::time::Duration;
+
+use chrono::{DateTime, NaiveDateTime, Utc};
+use diesel::prelude::*;
+use rust_decimal::Decimal;
+use serde::Serialize;
+
+use super::ledger::{
+    self, ChargeHold, ChargeOutcome, ChargeUnmatched, LedgerError, MoneyOp, OpContext,
+};
+use super::models::parse_hold_reference;
+use super::schema::{accounts, cost_records, holds, job_end_records};
+use super::{lock_batch, write_transaction, BatchLock, DbConn};
+use crate::domain::time::{from_naive, to_naive};
+use crate::domain::{HoldState, UsdMicros};
+use crate::spool::cost::ANONYMIZED;
+
+/// What `reconcile` does beyond charging.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReconcilePolicy {
+    /// Final job states the user did not cause (upper case), e.g. `NODE_FAIL`.
+    pub refund_states: Vec<String>,
+    /// Share of the cost refunded for those runs, in percent (0–100).
+    pub refund_percent: Decimal,
+    /// Records per transaction.
+    pub batch_size: usize,
+}
+
+impl Default for ReconcilePolicy {
+    fn default() -> Self {
+        ReconcilePolicy {
+            refund_states: vec!["NODE_FAIL".into(), "BOOT_FAIL".into()],
+            refund_percent: Decimal::from(100),
+            batch_size: 500,
+        }
+    }
+}
+
+/// What one reconcile run did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ReconcileReport {
+    /// Runs charged against a hold.
+    pub charged: u64,
+    /// Of those, runs that cost more than their hold (charged in full, flagged `overrun`).
+    pub overruns: u64,
+    /// Runs charged without a hold (flagged `unmatched`).
+    pub unmatched: u64,
+    /// Runs refunded by the refund policy.
+    pub refunded: u64,
+    /// Runs that cannot be booked yet (`asbb reconcile --pending`).
+    pub waiting: u64,
+    /// Total charged, in USD.
+    pub charged_usd: String,
+    /// Transactions committed.
+    pub batches: u64,
+}
+
+/// Why a record waits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WaitReason {
+    /// The export hid the account and no hold names it.
+    AnonymizedAccount,
+    /// No budget account of that name (yet).
+    UnknownAccount,
+    /// The ledger refused the charge; the detail says why.
+    LedgerError,
+}
+
+impl WaitReason {
+    fn as_str(self) -> &'static str {
+        match self {
+            WaitReason::AnonymizedAccount => "anonymized_account",
+            WaitReason::UnknownAccount => "unknown_account",
+            WaitReason::LedgerError => "ledger_error",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = cost_records)]
+struct CostRow {
+    id: i64,
+    run_key: String,
+    job_id: String,
+    job_base: i64,
+    array_task: Option<i64>,
+    run: i64,
+    account: String,
+    actual_micros: i64,
+    producer_estimate_micros: Option<i64>,
+    transaction_ref: Option<String>,
+    job_state: Option<String>,
+    user_name: Option<String>,
+    partition: Option<String>,
+}
+
+/// Charges every pending or waiting run (or those of one job). `stop` is polled between
+/// batches.
+pub fn reconcile(
+    conn: &mut DbConn,
+    ctx: &OpContext,
+    policy: &ReconcilePolicy,
+    job_base: Option<i64>,
+    stop: &dyn Fn() -> bool,
+) -> Result<ReconcileReport, LedgerError> {
+    let mut report = ReconcileReport::default();
+    let mut total = UsdMicros::ZERO;
+    let mut after = 0i64;
+    loop {
+        let mut q = cost_records::table
+            .filter(cost_records::status.ne("charged"))
+            .filter(cost_records::id.gt(after))
+            .into_boxed();
+        if let Some(b) = job_base {
+            q = q.filter(cost_records::job_base.eq(b));
+        }
+        let batch: Vec<CostRow> = q
+            .select(CostRow::as_select())
+            .order(cost_records::id)
+            .limit(policy.batch_size.max(1) as i64)
+            .load(conn)?;
+        let Some(last) = batch.last() else { break };
+        after = last.id;
+        let done = write_transaction(conn, |conn| {
+            lock_batch(conn, BatchLock::Reconcile)?;
+            let mut out = Vec::with_capacity(batch.len());
+            for rec in &batch {
+                // Another reconciler may have booked it since we read the batch.
+                let status: String = cost_records::table
+                    .find(rec.id)
+                    .select(cost_records::status)
+                    .get_result(conn)?;
+                if status == "charged" {
+                    continue;
+                }
+                let r = write_transaction(conn, |conn| reconcile_one(conn, ctx, policy, rec));
+                match r {
+                    Ok(o) => out.push(o),
+                    Err(e) if is_db_failure(&e) => return Err(e),
+                    Err(e) => {
+                        set_waiting(conn, rec.id, WaitReason::LedgerError, &e.to_string())?;
+                        out.push(One::Waiting);
+                    }
+                }
+            }
+            Ok::<_, LedgerError>(out)
+        })?;
+        report.batches += 1;
+        for o in done {
+            match o {
+                One::Charged {
+                    held,
+                    overrun,
+                    refunded,
+                    amount,
+                } => {
+                    if held {
+                        report.charged += 1;
+                    } else {
+                        report.unmatched += 1;
+                    }
+                    report.overruns += u64::from(overrun);
+                    report.refunded += u64::from(refunded);
+                    total = total.checked_add(amount)?;
+                }
+                One::Waiting => report.waiting += 1,
+            }
+        }
+        if stop() {
+            break;
+        }
+    }
+    report.charged_usd = total.to_string();
+    Ok(report)
+}
+
+fn is_db_failure(e: &LedgerError) -> bool {
+    matches!(e, LedgerError::Db(_))
+}
+
+enum One {
+    Charged {
+        held: bool,
+        overrun: bool,
+        refunded: bool,
+        amount: UsdMicros,
+    },
+    Waiting,
+}
+
+fn set_waiting(
+    conn: &mut DbConn,
+    id: i64,
+    reason: WaitReason,
+    detail: &str,
+) -> Result<(), LedgerError> {
+    diesel::update(cost_records::table.find(id))
+        .set((
+            cost_records::status.eq("waiting"),
+            cost_records::status_reason.eq(reason.as_str()),
+            cost_records::status_detail.eq(detail),
+        ))
+        .execute(conn)?;
+    Ok(())
+}
+
+/// An open hold as reconcile needs it: id, state, estimate, tasks.
+type OpenHold = (i64, String, i64, Option<i64>);
+
+/// An open hold that this run belongs to, if one can be found.
+fn find_hold(conn: &mut DbConn, rec: &CostRow) -> Result<Option<OpenHold>, LedgerError> {
+    type H = OpenHold;
+    let load = |conn: &mut DbConn, id: i64| -> Result<Option<H>, LedgerError> {
+        Ok(holds::table
+            .find(id)
+            .filter(holds::state.eq(HoldState::Open.as_str()))
+            .select((
+                holds::id,
+                holds::state,
+                holds::estimate_micros,
+                holds::tasks,
+            ))
+            .get_result(conn)
+            .optional()?)
+    };
+    // 1. The hold the producer names.
+    if let Some(id) = rec
+        .transaction_ref
+        .as_deref()
+        .and_then(parse_hold_reference)
+    {
+        if let Some(h) = load(conn, id)? {
+            return Ok(Some(h));
+        }
+    }
+    // 2. The hold the job-end record carries (job_submit.lua attached it to the job).
+    let array_job = rec.job_base.to_string();
+    let refs: Vec<Option<String>> = job_end_records::table
+        .filter(job_end_records::job_base.eq(rec.job_base))
+        .filter(job_end_records::hold_ref.is_not_null())
+        .filter(
+            job_end_records::job_id
+                .eq(&rec.job_id)
+                .or(job_end_records::array_task.is_not_null()),
+        )
+        .select(job_end_records::hold_ref)
+        .order(job_end_records::id.desc())
+        .load(conn)?;
+    for r in refs.into_iter().flatten() {
+        if let Some(id) = parse_hold_reference(&r) {
+            if let Some(h) = load(conn, id)? {
+                return Ok(Some(h));
+            }
+        }
+    }
+    // 3. A hold that carries the job id (or, for an array task, the array's id).
+    let mut ids = vec![rec.job_id.clone()];
+    if rec.array_task.is_some() || rec.job_id != array_job {
+        ids.push(array_job);
+    }
+    let found: Option<H> = holds::table
+        .filter(holds::job_id.eq_any(&ids))
+        .filter(holds::state.eq(HoldState::Open.as_str()))
+        .select((
+            holds::id,
+            holds::state,
+            holds::estimate_micros,
+            holds::tasks,
+        ))
+        .order(holds::id)
+        .first(conn)
+        .optional()?;
+    Ok(found)
+}
+
+fn reconcile_one(
+    conn: &mut DbConn,
+    ctx: &OpContext,
+    policy: &ReconcilePolicy,
+    rec: &CostRow,
+) -> Result<One, LedgerError> {
+    let actual = UsdMicros::from_stored(rec.actual_micros);
+    let key = format!("charge:run:{}", rec.run_key);
+    let run_note = if rec.run > 0 {
+        format!(" (run {} after requeue)", rec.run)
+    } else {
+        String::new()
+    };
+    let hold = find_hold(conn, rec)?;
+    let (outcome, estimate): (ChargeOutcome, Option<i64>) = match hold {
+        Some((hold_id, _, estimate, tasks)) => {
+            let reason = format!("actual cost of job {}{run_note}", rec.job_id);
+            let o = ledger::charge_hold(
+                conn,
+                ctx,
+                &ChargeHold {
+                    hold_id,
+                    actual,
+                    job_id: Some(&rec.job_id),
+                    reason: &reason,
+                    key: &key,
+                },
+            )?;
+            // An array hold's estimate covers all its tasks; each task expected its share.
+            let per_run = match tasks {
+                Some(n) if n > 0 => estimate / n,
+                _ => estimate,
+            };
+            (o, Some(per_run))
+        }
+        None => {
+            if rec.account == ANONYMIZED {
+                set_waiting(
+                    conn,
+                    rec.id,
+                    WaitReason::AnonymizedAccount,
+                    "the export hides the account and no hold names this job; assign it with `asbb reconcile --job J --account A`",
+                )?;
+                return Ok(One::Waiting);
+            }
+            let known: Option<i64> = accounts::table
+                .filter(accounts::name.eq(&rec.account))
+                .select(accounts::id)
+                .get_result(conn)
+                .optional()?;
+            if known.is_none() {
+                set_waiting(
+                    conn,
+                    rec.id,
+                    WaitReason::UnknownAccount,
+                    &format!(
+                        "no budget account '{}'; create it (`asbb account create`) or assign the run with `asbb reconcile --job J --account A`",
+                        rec.account
+                    ),
+                )?;
+                return Ok(One::Waiting);
+            }
+            let reason = format!("actual cost of job {}{run_note}; no hold found", rec.job_id);
+            let o = ledger::charge_without_hold(
+                conn,
+                ctx,
+                &ChargeUnmatched {
+                    account: &rec.account,
+                    amount: actual,
+                    partition: rec.partition.as_deref(),
+                    cluster: None,
+                    job_id: Some(&rec.job_id),
+                    user_name: rec.user_name.as_deref(),
+                    reason: &reason,
+                    key: &key,
+                },
+            )?;
+            (o, rec.producer_estimate_micros)
+        }
+    };
+    let account = outcome.account.name.clone();
+    let partition = outcome.charge.partition.clone();
+    let refund = match rec.job_state.as_deref() {
+        Some(state)
+            if policy.refund_percent > Decimal::ZERO
+                && policy.refund_states.iter().any(|s| s == state)
+                && !actual.is_zero() =>
+        {
+            let amount = actual.mul_decimal(policy.refund_percent / Decimal::from(100))?;
+            if amount.is_zero() {
+                None
+            } else {
+                let reason = format!(
+                    "refund policy: job {} ended {state}, which the user did not cause; {}% of ${actual}",
+                    rec.job_id,
+                    policy.refund_percent.normalize()
+                );
+                let posted = ledger::refund(
+                    conn,
+                    ctx,
+                    &MoneyOp {
+                        account: &account,
+                        amount,
+                        reason: &reason,
+                        key: &format!("refund:run:{}", rec.run_key),
+                        job_id: Some(&rec.job_id),
+                        partition: partition.as_deref(),
+                    },
+                )?;
+                Some(posted.entry.id)
+            }
+        }
+        _ => None,
+    };
+    diesel::update(cost_records::table.find(rec.id))
+        .set((
+            cost_records::status.eq("charged"),
+            cost_records::status_reason.eq(""),
+            cost_records::status_detail.eq(""),
+            cost_records::hold_id.eq(outcome.hold.as_ref().map(|h| h.id)),
+            cost_records::charge_entry_id.eq(Some(outcome.charge.id)),
+            cost_records::refund_entry_id.eq(refund),
+            cost_records::estimate_micros.eq(estimate),
+            cost_records::charged_account.eq(Some(&account)),
+            cost_records::charged_partition.eq(partition.as_deref()),
+            cost_records::reconciled_at.eq(Some(to_naive(ctx.effective_at))),
+        ))
+        .execute(conn)?;
+    Ok(One::Charged {
+        held: outcome.hold.is_some(),
+        overrun: !outcome.overrun.is_zero(),
+        refunded: refund.is_some(),
+        amount: actual,
+    })
+}
+
+/// Assigns the waiting runs of a job to an account (for anonymised exports), so the next
+/// reconcile charges them there. Returns how many runs were assigned.
+pub fn assign_account(
+    conn: &mut DbConn,
+    job_base: i64,
+    account: &str,
+) -> Result<usize, LedgerError> {
+    let known: Option<i64> = accounts::table
+        .filter(accounts::name.eq(account))
+        .select(accounts::id)
+        .get_result(conn)
+        .optional()?;
+    if known.is_none() {
+        return Err(LedgerError::UnknownAccount(account.to_string()));
+    }
+    Ok(diesel::update(
+        cost_records::table
+            .filter(cost_records::job_base.eq(job_base))
+            .filter(cost_records::status.ne("charged")),
+    )
+    .set(cost_records::account.eq(account))
+    .execute(conn)?)
+}
+
+/// A run that is not booked yet.
+#[derive(Debug, Clone, Serialize)]
+pub struct PendingRun {
+    /// Record id.
+    pub id: i64,
+    /// Job.
+    pub job: String,
+    /// Run number.
+    pub run: i64,
+    /// Account as exported.
+    pub account: String,
+    /// Actual cost (USD).
+    pub actual: String,
+    /// `pending` (not reconciled yet) or `waiting`.
+    pub status: String,
+    /// Why it waits.
+    pub reason: String,
+    /// What to do.
+    pub detail: String,
+    /// When it arrived.
+    pub received_at: DateTime<Utc>,
+}
+
+/// Runs that are not booked yet, oldest first.
+pub fn pending(conn: &mut DbConn) -> Result<Vec<PendingRun>, LedgerError> {
+    type Row = (
+        i64,
+        String,
+        i64,
+        String,
+        i64,
+        String,
+        String,
+        String,
+        NaiveDateTime,
+    );
+    let rows: Vec<Row> = cost_records::table
+        .filter(cost_records::status.ne("charged"))
+        .select((
+            cost_records::id,
+            cost_records::job_id,
+            cost_records::run,
+            cost_records::account,
+            cost_records::actual_micros,
+            cost_records::status,
+            cost_records::status_reason,
+            cost_records::status_detail,
+            cost_records::received_at,
+        ))
+        .order(cost_records::id)
+        .load(conn)?;
+    Ok(rows
+        .into_iter()
+        .map(
+            |(id, job, run, account, actual, status, reason, detail, at)| PendingRun {
+                id,
+                job,
+                run,
+                account,
+                actual: UsdMicros::from_stored(actual).to_string(),
+                status,
+                reason,
+                detail,
+                received_at: from_naive(at),
+            },
+        )
+        .collect())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Recovery
+
+/// What `recover` releases.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecoverPolicy {
+    /// How long after a job ended its cost may still arrive.
+    pub grace: Duration,
+}
+
+/// What one recover run did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct RecoverReport {
+    /// Holds of jobs cancelled before they started.
+    pub released_cancelled: u64,
+    /// Holds of jobs that ended without a cost record within the grace period.
+    pub released_no_cost: u64,
+    /// Holds released because `sacct` reported their job finished long ago.
+    pub released_by_sacct: u64,
+    /// Holds past their lifetime.
+    pub expired: u64,
+    /// Problems that did not stop the run.
+    pub errors: Vec<String>,
+}
+
+/// What SLURM says about a job that has no job-end record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SacctJob {
+    /// Job id.
+    pub job_id: String,
+    /// Final state, upper case.
+    pub state: String,
+    /// End time, if it ended.
+    pub ended_at: Option<DateTime<Utc>>,
+}
+
+/// Open holds with a job id and no job-end record, older than `before`: the jobs to ask SLURM
+/// about.
+pub fn unresolved_jobs(
+    conn: &mut DbConn,
+    before: DateTime<Utc>,
+) -> Result<Vec<String>, LedgerError> {
+    let ids: Vec<Option<String>> = holds::table
+        .filter(holds::state.eq(HoldState::Open.as_str()))
+        .filter(holds::job_id.is_not_null())
+        .filter(holds::created_at.le(to_naive(before)))
+        .select(holds::job_id)
+        .order(holds::id)
+        .load(conn)?;
+    let mut out = Vec::new();
+    for id in ids.into_iter().flatten() {
+        let seen: i64 = job_end_records::table
+            .filter(job_end_records::job_id.eq(&id))
+            .count()
+            .get_result(conn)?;
+        if seen == 0 {
+            out.push(id);
+        }
+    }
+    Ok(out)
+}
+
+/// Releases holds whose jobs will never report a cost, and expires holds past their lifetime.
+/// `sacct` carries what SLURM said about jobs without a job-end record (empty when not asked).
+pub fn recover(
+    conn: &mut DbConn,
+    ctx: &OpContext,
+    policy: &RecoverPolicy,
+    sacct: &[SacctJob],
+) -> Result<RecoverReport, LedgerError> {
+    let mut report = RecoverReport::default();
+    let now = ctx.effective_at;
+    let grace = chrono::Duration::from_std(policy.grace).unwrap_or(chrono::Duration::days(1));
+    let cutoff = to_naive(now - grace);
+
+    // Job-end records whose hold is still open.
+    type JobEnd = (
+        String,
+        i64,
+        Option<i64>,
+        Option<NaiveDateTime>,
+        NaiveDateTime,
+        Option<String>,
+        String,
+    );
+    let ends: Vec<JobEnd> = job_end_records::table
+        .select((
+            job_end_records::job_id,
+            job_end_records::job_base,
+            job_end_records::array_task,
+            job_end_records::started_at,
+            job_end_records::ended_at,
+            job_end_records::hold_ref,
+            job_end_records::state,
+        ))
+        .order(job_end_records::id)
+        .load(conn)?;
+    let mut handled: Vec<i64> = Vec::new();
+    for (job_id, base, task, started, ended, hold_ref, state) in ends {
+        let hold = match hold_ref.as_deref().and_then(parse_hold_reference) {
+            Some(id) => Some(id),
+            None => holds::table
+                .filter(holds::job_id.eq_any([job_id.clone(), base.to_string()]))
+                .filter(holds::state.eq(HoldState::Open.as_str()))
+                .select(holds::id)
+                .order(holds::id)
+                .first::<i64>(conn)
+                .optional()?,
+        };
+        let Some(hold_id) = hold else { continue };
+        if handled.contains(&hold_id) {
+            continue;
+        }
+        let open: Option<(Option<i64>, i64)> = holds::table
+            .find(hold_id)
+            .filter(holds::state.eq(HoldState::Open.as_str()))
+            .select((holds::tasks, holds::tasks_charged))
+            .get_result(conn)
+            .optional()?;
+        let Some((tasks, _)) = open else { continue };
+        let costs: i64 = cost_records::table
+            .filter(cost_records::job_base.eq(base))
+            .count()
+            .get_result(conn)?;
+        let (key, reason, cancelled) = if started.is_none() && task.is_none() && costs == 0 {
+            (
+                format!("recover:cancelled:hold-{hold_id}"),
+                format!("job {job_id} ended {state} before it started"),
+                true,
+            )
+        } else if ended <= cutoff && costs == 0 && tasks.is_none() {
+            (
+                format!("recover:no-cost:hold-{hold_id}"),
+                format!(
+                    "job {job_id} ended {state} at {} UTC and no cost arrived within {}",
+                    ended,
+                    humantime(policy.grace)
+                ),
+                false,
+            )
+        } else if let Some(n) = tasks {
+            // An array: release what is left once every task has ended, the last of them
+            // longer ago than the grace period.
+            let (count, last): (i64, Option<NaiveDateTime>) = job_end_records::table
+                .filter(job_end_records::job_base.eq(base))
+                .select((
+                    diesel::dsl::count_star(),
+                    diesel::dsl::max(job_end_records::ended_at),
+                ))
+                .get_result(conn)?;
+            match last {
+                Some(last) if count >= n && last <= cutoff => (
+                    format!("recover:array-ended:hold-{hold_id}"),
+                    format!(
+                        "all {n} tasks of array {base} ended, the last at {last} UTC; no further cost within {}",
+                        humantime(policy.grace)
+                    ),
+                    false,
+                ),
+                _ => continue,
+            }
+        } else {
+            continue;
+        };
+        handled.push(hold_id);
+        match ledger::release_hold(conn, ctx, hold_id, &reason, &key) {
+            Ok(r) if !r.replayed => {
+                if cancelled {
+                    report.released_cancelled += 1;
+                } else {
+                    report.released_no_cost += 1;
+                }
+            }
+            Ok(_) => {}
+            Err(LedgerError::HoldResolved { .. }) => {}
+            Err(e) if is_db_failure(&e) => return Err(e),
+            Err(e) => report.errors.push(format!("hold-{hold_id}: {e}")),
+        }
+    }
+
+    // What SLURM said about jobs without a job-end record.
+    for j in sacct {
+        let Some(end) = j.ended_at else { continue };
+        if to_naive(end) > cutoff || !is_terminal(&j.state) {
+            continue;
+        }
+        let base = j
+            .job_id
+            .split(['_', '+'])
+            .next()
+            .unwrap_or(&j.job_id)
+            .to_string();
+        let costs: i64 = cost_records::table
+            .filter(cost_records::job_id.eq(&j.job_id))
+            .count()
+            .get_result(conn)?;
+        if costs > 0 {
+            continue;
+        }
+        let ids: Vec<i64> = holds::table
+            .filter(holds::job_id.eq_any([j.job_id.clone(), base]))
+            .filter(holds::state.eq(HoldState::Open.as_str()))
+            .filter(holds::tasks.is_null())
+            .select(holds::id)
+            .load(conn)?;
+        for hold_id in ids {
+            let reason = format!(
+                "sacct: job {} ended {} at {} UTC and no cost arrived within {}",
+                j.job_id,
+                j.state,
+                to_naive(end),
+                humantime(policy.grace)
+            );
+            match ledger::release_hold(
+                conn,
+                ctx,
+                hold_id,
+                &reason,
+                &format!("recover:sacct:hold-{hold_id}"),
+            ) {
+                Ok(r) if !r.replayed => report.released_by_sacct += 1,
+                Ok(_) | Err(LedgerError::HoldResolved { .. }) => {}
+                Err(e) if is_db_failure(&e) => return Err(e),
+                Err(e) => report.errors.push(format!("hold-{hold_id}: {e}")),
+            }
+        }
+    }
+
+    // Holds past their lifetime.
+    let expired: Vec<i64> = holds::table
+        .filter(holds::state.eq(HoldState::Open.as_str()))
+        .filter(holds::expires_at.le(to_naive(now)))
+        .select(holds::id)
+        .order(holds::id)
+        .load(conn)?;
+    for hold_id in expired {
+        match ledger::expire_hold(conn, ctx, hold_id, &format!("expiry:hold-{hold_id}")) {
+            Ok(r) if !r.replayed => report.expired += 1,
+            Ok(_) | Err(LedgerError::HoldResolved { .. }) => {}
+            Err(e) if is_db_failure(&e) => return Err(e),
+            Err(e) => report.errors.push(format!("hold-{hold_id}: {e}")),
+        }
+    }
+    Ok(report)
+}
+
+/// SLURM states after which a job never runs again.
+pub fn is_terminal(state: &str) -> bool {
+    matches!(
+        state,
+        "COMPLETED"
+            | "FAILED"
+            | "CANCELLED"
+            | "TIMEOUT"
+            | "NODE_FAIL"
+            | "OUT_OF_MEMORY"
+            | "BOOT_FAIL"
+            | "DEADLINE"
+            | "PREEMPTED"
+            | "REVOKED"
+    )
+}
+
+fn humantime(d: Duration) -> String {
+    let s = d.as_secs();
+    if s % 86_400 == 0 && s > 0 {
+        format!("{}d", s / 86_400)
+    } else if s % 3_600 == 0 && s > 0 {
+        format!("{}h", s / 3_600)
+    } else if s % 60 == 0 && s > 0 {
+        format!("{}m", s / 60)
+    } else {
+        format!("{s}s")
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Estimate vs actual
+
+/// Accuracy of estimates for one account and partition (or the total).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Accuracy {
+    /// Account (`*` for the total).
+    pub account: String,
+    /// Partition (`*` for all, empty when unknown).
+    pub partition: String,
+    /// Runs with both an estimate and an actual cost.
+    pub runs: u64,
+    /// Runs whose estimate was within ±10 % of the actual cost.
+    pub within_10pct: u64,
+    /// `within_10pct / runs` in percent, two decimals.
+    pub within_10pct_share: String,
+    /// Mean absolute error, USD.
+    pub mean_abs_error: String,
+    /// Mean estimate, USD.
+    pub mean_estimate: String,
+    /// Mean actual, USD.
+    pub mean_actual: String,
+    /// Sum of estimates ÷ sum of actuals, four decimals (above 1 means overestimated).
+    pub bias: String,
+}
+
+#[derive(Default)]
+struct Acc {
+    runs: i64,
+    within: i64,
+    abs_err: i128,
+    est: i128,
+    act: i128,
+}
+
+impl Acc {
+    fn add(&mut self, est: i64, act: i64) {
+        self.runs += 1;
+        let diff = (i128::from(est) - i128::from(act)).abs();
+        // Within ±10 % of the actual cost (exact integer comparison).
+        if diff * 10 <= i128::from(act) {
+            self.within += 1;
+        }
+        self.abs_err += diff;
+        self.est += i128::from(est);
+        self.act += i128::from(act);
+    }
+
+    fn finish(&self, account: &str, partition: &str) -> Accuracy {
+        let mean = |total: i128| -> String {
+            if self.runs == 0 {
+                return "0.00".into();
+            }
+            let m = Decimal::from_i128_with_scale(total, 6) / Decimal::from(self.runs);
+            UsdMicros::from_decimal(m.round_dp(6))
+                .map(|u| u.to_string())
+                .unwrap_or_default()
+        };
+        let share = if self.runs == 0 {
+            Decimal::ZERO
+        } else {
+            (Decimal::from(self.within) * Decimal::from(100) / Decimal::from(self.runs)).round_dp(2)
+        };
+        let bias = if self.act == 0 {
+            "-".to_string()
+        } else {
+            (Decimal::from_i128_with_scale(self.est, 0)
+                / Decimal::from_i128_with_scale(self.act, 0))
+            .round_dp(4)
+            .to_string()
+        };
+        Accuracy {
+            account: account.to_string(),
+            partition: partition.to_string(),
+            runs: self.runs as u64,
+            within_10pct: self.within as u64,
+            within_10pct_share: format!("{share:.2}"),
+            mean_abs_error: mean(self.abs_err),
+            mean_estimate: mean(self.est),
+            mean_actual: mean(self.act),
+            bias,
+        }
+    }
+}
+
+/// Estimate-vs-actual accuracy of runs reconciled in `[from, to)`, by account and partition,
+/// with a total row last.
+pub fn accuracy(
+    conn: &mut DbConn,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Result<Vec<Accuracy>, LedgerError> {
+    type Row = (Option<String>, Option<String>, Option<i64>, i64);
+    let rows: Vec<Row> = cost_records::table
+        .filter(cost_records::status.eq("charged"))
+        .filter(cost_records::estimate_micros.is_not_null())
+        .filter(cost_records::reconciled_at.ge(to_naive(from)))
+        .filter(cost_records::reconciled_at.lt(to_naive(to)))
+        .select((
+            cost_records::charged_account,
+            cost_records::charged_partition,
+            cost_records::estimate_micros,
+            cost_records::actual_micros,
+        ))
+        .load(conn)?;
+    let mut groups: std::collections::BTreeMap<(String, String), Acc> = Default::default();
+    let mut total = Acc::default();
+    for (acct, part, est, act) in rows {
+        let Some(est) = est else { continue };
+        groups
+            .entry((acct.unwrap_or_default(), part.unwrap_or_default()))
+            .or_default()
+            .add(est, act);
+        total.add(est, act);
+    }
+    let mut out: Vec<Accuracy> = groups
+        .iter()
+        .map(|((a, p), acc)| acc.finish(a, p))
+        .collect();
+    out.push(total.finish("*", "*"));
+    Ok(out)
+}
