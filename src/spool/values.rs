@@ -218,7 +218,22 @@ impl Check {
     /// Reads money from a JSON number or a decimal string, exactly.
     pub fn money(&mut self, name: &str, v: &J, lim: &Limits) -> Option<UsdMicros> {
         let parsed = match v {
-            J::Num(n) => UsdMicros::parse_json_number(n).map_err(|e| (n.clone(), e)),
+            J::Num(n) => UsdMicros::parse_json_number(n).map_err(|e| match e {
+                // The JSON parser already checked the spelling: a number that still does not
+                // convert is beyond what a decimal holds, far too large or too small.
+                crate::domain::money::MoneyError::NotANumber(_) => {
+                    let exp_negative = n
+                        .split(['e', 'E'])
+                        .nth(1)
+                        .is_some_and(|x| x.starts_with('-'));
+                    if exp_negative {
+                        (n.clone(), crate::domain::money::MoneyError::TooPrecise(n.clone()))
+                    } else {
+                        (n.clone(), crate::domain::money::MoneyError::OutOfRange(n.clone()))
+                    }
+                }
+                e => (n.clone(), e),
+            }),
             J::Str(s) if is_plain_decimal(s) => UsdMicros::parse(s).map_err(|e| (s.clone(), e)),
             J::Str(s) => {
                 self.add(
@@ -428,8 +443,11 @@ pub fn parse_job_id(text: &str) -> Result<JobId, Code> {
     if t != text || t.is_empty() {
         return Err(Code::BadJobId);
     }
-    if let Some((job, _step)) = t.split_once('.') {
-        if JobId::parse(job).is_ok() {
+    if let Some((job, step)) = t.split_once('.') {
+        let step_name = step.split_once('+').map_or(step, |(s, _)| s);
+        let step_ok = matches!(step_name, "batch" | "extern" | "interactive")
+            || (!step_name.is_empty() && step_name.bytes().all(|b| b.is_ascii_digit()));
+        if step_ok && JobId::parse(job).is_ok() {
             return Err(Code::StepId);
         }
         return Err(Code::BadJobId);
