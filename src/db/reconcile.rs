@@ -411,7 +411,8 @@ fn reconcile_one(
             cost_records::refund_entry_id.eq(refund),
             cost_records::estimate_micros.eq(estimate),
             cost_records::charged_account.eq(Some(&account)),
-            cost_records::charged_partition.eq(partition.as_deref()),
+            // The partition the run ran in: the hold's, else what the export says.
+            cost_records::charged_partition.eq(partition.as_deref().or(rec.partition.as_deref())),
             cost_records::reconciled_at.eq(Some(to_naive(ctx.effective_at))),
         ))
         .execute(conn)?;

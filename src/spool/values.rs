@@ -227,9 +227,15 @@ impl Check {
                         .nth(1)
                         .is_some_and(|x| x.starts_with('-'));
                     if exp_negative {
-                        (n.clone(), crate::domain::money::MoneyError::TooPrecise(n.clone()))
+                        (
+                            n.clone(),
+                            crate::domain::money::MoneyError::TooPrecise(n.clone()),
+                        )
                     } else {
-                        (n.clone(), crate::domain::money::MoneyError::OutOfRange(n.clone()))
+                        (
+                            n.clone(),
+                            crate::domain::money::MoneyError::OutOfRange(n.clone()),
+                        )
                     }
                 }
                 e => (n.clone(), e),
