@@ -12,6 +12,8 @@ fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .without_time()
         .init();
     let cli = asbb::cli::Cli::parse();
     let code = match asbb::cli::run(&cli) {

@@ -157,22 +157,10 @@ pub fn read(name_job: Option<&JobId>, text: &str, lim: &Limits) -> Parsed<CostRe
     let is_perf = matches!(top.get("job_metadata"), Some(J::Obj(_)))
         && matches!(top.get("cost_analysis"), Some(J::Obj(_)));
     let rec = if is_perf {
-        read_performance(&top, &mut c, lim)
+        read_performance(&top, &mut c, lim, name_job)
     } else {
-        read_flat(&top, &mut c, lim)
+        read_flat(&top, &mut c, lim, name_job)
     };
-    if let (Some(rec), Some(expected)) = (&rec, name_job) {
-        if rec.job != *expected {
-            c.reasons.push(Reason::field(
-                Code::JobIdMismatch,
-                "job_id",
-                format!(
-                    "the file name says job {expected} but the body says {}; a file carries one job",
-                    rec.job
-                ),
-            ));
-        }
-    }
     match rec {
         Some(r) if c.is_ok() => Parsed::Record(r),
         _ => Parsed::Rejected(c.reasons),
@@ -233,8 +221,27 @@ fn currency(c: &mut Check, f: &Fields<'_>) {
     }
 }
 
-fn read_flat(f: &Fields<'_>, c: &mut Check, lim: &Limits) -> Option<CostRecord> {
+/// The job id in the file name must be the body's.
+fn check_name(c: &mut Check, field: &str, body: Option<&JobId>, name: Option<&JobId>) {
+    if let (Some(body), Some(name)) = (body, name) {
+        if body != name {
+            c.reasons.push(Reason::field(
+                Code::JobIdMismatch,
+                field,
+                format!("the file name says job {name} but the body says {body}; a file carries one job"),
+            ));
+        }
+    }
+}
+
+fn read_flat(
+    f: &Fields<'_>,
+    c: &mut Check,
+    lim: &Limits,
+    name_job: Option<&JobId>,
+) -> Option<CostRecord> {
     let job = c.req_job(f, &["job_id", "slurm_job_id"]);
+    check_name(c, "job_id", job.as_ref(), name_job);
     let acct_raw = c.req_str(f, &["account", "project_id"]);
     let account = account(c, "account", acct_raw);
     let actual = c.req_money(f, &["actual_cost", "total_cost_usd"], lim);
@@ -295,7 +302,12 @@ fn read_flat(f: &Fields<'_>, c: &mut Check, lim: &Limits) -> Option<CostRecord> 
     })
 }
 
-fn read_performance(top: &Fields<'_>, c: &mut Check, lim: &Limits) -> Option<CostRecord> {
+fn read_performance(
+    top: &Fields<'_>,
+    c: &mut Check,
+    lim: &Limits,
+    name_job: Option<&JobId>,
+) -> Option<CostRecord> {
     let meta = c.opt_object(top, &["job_metadata"])?;
     let costs = c.opt_object(top, &["cost_analysis"])?;
     let prefix = |c: &mut Check, from: usize, p: &str| {
@@ -307,6 +319,7 @@ fn read_performance(top: &Fields<'_>, c: &mut Check, lim: &Limits) -> Option<Cos
     };
     let n = c.reasons.len();
     let job = c.req_job(&meta, &["job_id", "slurm_job_id"]);
+    check_name(c, "job_id", job.as_ref(), name_job);
     let acct_raw = c.req_str(&meta, &["project_id", "account"]);
     let account = account(c, "project_id", acct_raw);
     let user = c.opt_str(&meta, &["user_id"]);
