@@ -403,3 +403,87 @@ fn scan_names_the_missing_setting() {
         "{err}"
     );
 }
+
+db_test!(batch_jobs_run_twice_or_at_once_book_everything_once, |db| {
+    let e = Env::new(db);
+    e.account("physics");
+    e.account("chem");
+    for j in 1..=30 {
+        let acct = if j % 2 == 0 { "physics" } else { "chem" };
+        if j % 3 != 0 {
+            e.ok(&[
+                "hold",
+                "place",
+                "--account",
+                acct,
+                "--estimate",
+                "5",
+                "--job",
+                &format!("{}", 900 + j),
+                "--as-of",
+                "2025-06-01",
+            ]);
+        }
+        e.write(
+            &format!("asbx/job_{}_cost.json", 900 + j),
+            &format!(
+                r#"{{"job_id":"{}","account":"{acct}","actual_cost":"{}.25"}}"#,
+                900 + j,
+                j % 7
+            ),
+        );
+    }
+    let spawn = |args: &[&str]| {
+        let mut c = e.cmd(args);
+        c.env("ASBB_SPOOL_BATCH_SIZE", "4")
+            .env("ASBB_RECONCILE_BATCH_SIZE", "3")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        c.spawn().unwrap()
+    };
+    // Three scans and a one-shot daemon at once, then three reconciles at once.
+    let mut scans: Vec<_> = (0..3).map(|_| spawn(&["spool", "scan"])).collect();
+    let mut d = Command::new(env!("CARGO_BIN_EXE_asbb-spoold"));
+    e.env(&mut d);
+    d.args(["--once"])
+        .env("ASBB_SPOOL_RECONCILE", "false")
+        .stderr(Stdio::piped());
+    scans.push(d.spawn().unwrap());
+    for c in scans {
+        let o = c.wait_with_output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let recs: Vec<_> = (0..3)
+        .map(|_| spawn(&["reconcile", "--as-of", "2025-06-02"]))
+        .collect();
+    for c in recs {
+        let o = c.wait_with_output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    assert_eq!(listing(&e.path("asbx/processed")).len(), 30);
+    let status = e.json(&["spool", "status"], 0);
+    assert_eq!(
+        status["files"][0]["files"], 30,
+        "each arrival recorded once: {status}"
+    );
+    assert_eq!(status["cost_records"][0]["status"], "charged");
+    assert_eq!(status["cost_records"][0]["records"], 30);
+    // Sum of j % 7 + 0.25 over 1..=30, split by parity.
+    let used = |a: &str| e.json(&["account", "show", a], 0)["budget_used"].clone();
+    let expect = |even: bool| -> String {
+        let cents: u32 = (1..=30u32)
+            .filter(|j| (j % 2 == 0) == even)
+            .map(|j| (j % 7) * 100 + 25)
+            .sum();
+        format!("{}.{:02}", cents / 100, cents % 100)
+    };
+    assert_eq!(used("physics"), Value::String(expect(true)));
+    assert_eq!(used("chem"), Value::String(expect(false)));
+    // And again, one after the other: nothing changes.
+    let before = e.ok(&["transactions", "list", "--limit", "0"]);
+    e.ok(&["spool", "scan"]);
+    e.ok(&["reconcile"]);
+    e.ok(&["recover", "--as-of", "2025-06-02"]);
+    assert_eq!(e.ok(&["transactions", "list", "--limit", "0"]), before);
+    e.ok(&["audit", "verify"]);
+});
