@@ -684,3 +684,37 @@ db_test!(accuracy_counts_runs_within_ten_percent, |db| {
     let none = reconcile::accuracy(&mut conn, t(5, 0), t(6, 0)).unwrap();
     assert_eq!(none.last().unwrap().runs, 0);
 });
+
+db_test!(
+    a_job_charged_by_hand_is_not_billed_again_by_its_export,
+    |db| {
+        let mut conn = db.conn();
+        create(&mut conn, "physics", "100");
+        let h = hold(&mut conn, "physics", "20", Some("901"), None);
+        ledger::charge_hold(
+            &mut conn,
+            &ctx_at(t(2, 0)),
+            &ledger::ChargeHold {
+                hold_id: h.id,
+                actual: usd("12"),
+                job_id: Some("901"),
+                reason: "",
+                key: &format!("charge:hold-{}", h.id),
+            },
+        )
+        .unwrap();
+        let s = Spool::new();
+        s.cost(
+            "job_901_cost.json",
+            r#"{"job_id":"901","account":"physics","actual_cost":12}"#,
+        );
+        s.scan(&mut conn, NOW_GRACE);
+        let rep = reconcile_at(&mut conn, t(2, 1));
+        assert_eq!((rep.charged, rep.unmatched, rep.waiting), (0, 0, 1));
+        assert_eq!(
+            reconcile::pending(&mut conn).unwrap()[0].reason,
+            "already_charged"
+        );
+        assert_eq!(balances(&mut conn, "physics").1, "12.00");
+    }
+);

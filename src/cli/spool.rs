@@ -168,7 +168,8 @@ pub(crate) fn run(ctx: &Ctx<'_>, cmd: &SpoolCmd, out: &mut dyn Write) -> Result<
 
 fn scan(ctx: &Ctx<'_>, a: &ScanArgs, out: &mut dyn Write) -> Result<i32, CliError> {
     let dirs = dirs(ctx, &a.dirs)?;
-    let now = ctx.op()?.effective_at;
+    // Files age by the wall clock (their modification times are real), whatever --as-of says.
+    let now = ctx.now;
     let mut conn = ctx.conn()?;
     let mut intake = Intake::new(ctx.config()?.intake_options());
     let bar = spinner("scanning");

@@ -22,10 +22,10 @@ use super::ledger::{
     self, ChargeHold, ChargeOutcome, ChargeUnmatched, LedgerError, MoneyOp, OpContext,
 };
 use super::models::parse_hold_reference;
-use super::schema::{accounts, cost_records, holds, job_end_records};
+use super::schema::{accounts, cost_records, holds, job_end_records, journal};
 use super::{lock_batch, write_transaction, BatchLock, DbConn};
 use crate::domain::time::{from_naive, to_naive};
-use crate::domain::{HoldState, UsdMicros};
+use crate::domain::{EntryKind, HoldState, UsdMicros};
 use crate::spool::cost::ANONYMIZED;
 
 /// What `reconcile` does beyond charging.
@@ -78,6 +78,9 @@ pub enum WaitReason {
     UnknownAccount,
     /// The ledger refused the charge; the detail says why.
     LedgerError,
+    /// The job already has a charge booked another way (by hand); charging the export too
+    /// would bill it twice.
+    AlreadyCharged,
 }
 
 impl WaitReason {
@@ -86,6 +89,7 @@ impl WaitReason {
             WaitReason::AnonymizedAccount => "anonymized_account",
             WaitReason::UnknownAccount => "unknown_account",
             WaitReason::LedgerError => "ledger_error",
+            WaitReason::AlreadyCharged => "already_charged",
         }
     }
 }
@@ -345,6 +349,27 @@ fn reconcile_one(
                     &format!(
                         "no budget account '{}'; create it (`asbb account create`) or assign the run with `asbb reconcile --job J --account A`",
                         rec.account
+                    ),
+                )?;
+                return Ok(One::Waiting);
+            }
+            // A charge for this job booked by hand (`asbb reconcile JOB --transaction`,
+            // `asbb charge`) means the export would bill it twice: an admin decides.
+            let by_hand: Option<(i64, String)> = journal::table
+                .filter(journal::job_id.eq(&rec.job_id))
+                .filter(journal::kind.eq(EntryKind::Charge.as_str()))
+                .filter(journal::idempotency_key.not_like(format!("charge:run:{}#%", rec.job_id)))
+                .select((journal::id, journal::idempotency_key))
+                .first(conn)
+                .optional()?;
+            if let Some((entry, _)) = by_hand {
+                set_waiting(
+                    conn,
+                    rec.id,
+                    WaitReason::AlreadyCharged,
+                    &format!(
+                        "job {} already has a charge booked by hand (entry {entry}); if this cost is extra, book it with `asbb charge --account`",
+                        rec.job_id
                     ),
                 )?;
                 return Ok(One::Waiting);
