@@ -415,21 +415,36 @@ impl Check {
     }
 }
 
-/// Whether two values are the same fact (numbers compared by exact value, strings exactly).
+/// Whether two values are the same fact: numbers and decimal strings by exact value, job ids
+/// by the job they name (`slurm_12` = `12`), anything else exactly.
 fn same_value(a: &J, b: &J) -> bool {
-    match (a, b) {
-        (J::Num(x), J::Num(y)) => {
-            x == y
-                || matches!((rust_decimal::Decimal::from_scientific(x).or_else(|_| x.parse()),
-                             rust_decimal::Decimal::from_scientific(y).or_else(|_| y.parse())),
-                            (Ok(p), Ok(q)) if p == q)
+    use rust_decimal::Decimal;
+    fn scalar(v: &J) -> Option<&str> {
+        match v {
+            J::Num(n) => Some(n),
+            J::Str(s) => Some(s),
+            _ => None,
         }
-        (J::Num(n), J::Str(s)) | (J::Str(s), J::Num(n)) => {
-            // `"job_id": 12` and `"slurm_job_id": "12"` say the same thing.
-            n == s
-        }
-        _ => a == b,
     }
+    let (Some(x), Some(y)) = (scalar(a), scalar(b)) else {
+        return a == b;
+    };
+    if x == y {
+        return true;
+    }
+    let dec = |t: &str| -> Option<Decimal> {
+        if t.contains(['e', 'E']) {
+            Decimal::from_scientific(t).ok()
+        } else if is_plain_decimal(t) {
+            t.parse().ok()
+        } else {
+            None
+        }
+    };
+    if let (Some(p), Some(q)) = (dec(x), dec(y)) {
+        return p == q;
+    }
+    matches!((JobId::parse(x), JobId::parse(y)), (Ok(p), Ok(q)) if p == q)
 }
 
 /// `^-?[0-9]+(\.[0-9]+)?$`: the only decimal strings accepted for money.
