@@ -11,6 +11,7 @@
 //! Every ledger entry made here has a key derived from the run or the hold, so running either
 //! job twice, or two at once, or again after a crash, books nothing twice.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::{DateTime, NaiveDateTime, Utc};
@@ -101,7 +102,6 @@ struct CostRow {
     run_key: String,
     job_id: String,
     job_base: i64,
-    array_task: Option<i64>,
     run: i64,
     account: String,
     actual_micros: i64,
@@ -141,17 +141,21 @@ pub fn reconcile(
         after = last.id;
         let done = write_transaction(conn, |conn| {
             lock_batch(conn, BatchLock::Reconcile)?;
+            // Another reconciler may have booked some since we read the batch.
+            let ids: Vec<i64> = batch.iter().map(|r| r.id).collect();
+            let booked: std::collections::HashSet<i64> = cost_records::table
+                .filter(cost_records::id.eq_any(&ids))
+                .filter(cost_records::status.eq("charged"))
+                .select(cost_records::id)
+                .load::<i64>(conn)?
+                .into_iter()
+                .collect();
+            let mut holds = BatchHolds::load(conn, &batch)?;
             let mut out = Vec::with_capacity(batch.len());
-            for rec in &batch {
-                // Another reconciler may have booked it since we read the batch.
-                let status: String = cost_records::table
-                    .find(rec.id)
-                    .select(cost_records::status)
-                    .get_result(conn)?;
-                if status == "charged" {
-                    continue;
-                }
-                let r = write_transaction(conn, |conn| reconcile_one(conn, ctx, policy, rec));
+            for rec in batch.iter().filter(|r| !booked.contains(&r.id)) {
+                let r = write_transaction(conn, |conn| {
+                    reconcile_one(conn, ctx, policy, rec, &mut holds)
+                });
                 match r {
                     Ok(o) => out.push(o),
                     Err(e) if is_db_failure(&e) => return Err(e),
@@ -222,73 +226,120 @@ fn set_waiting(
     Ok(())
 }
 
-/// An open hold as reconcile needs it: id, state, estimate, tasks.
-type OpenHold = (i64, String, i64, Option<i64>);
+/// The open holds a batch of runs may belong to, read once per batch (three queries instead
+/// of three per run), and kept up to date as the batch charges them.
+struct BatchHolds {
+    /// Open holds: id → (estimate, tasks).
+    open: HashMap<i64, (i64, Option<i64>)>,
+    /// Hold references from job-end records, newest first, by job base.
+    job_end_refs: HashMap<i64, Vec<(String, Option<i64>, i64)>>,
+    /// Open holds carrying a job id, oldest first.
+    by_job: HashMap<String, Vec<i64>>,
+}
 
-/// An open hold that this run belongs to, if one can be found.
-fn find_hold(conn: &mut DbConn, rec: &CostRow) -> Result<Option<OpenHold>, LedgerError> {
-    type H = OpenHold;
-    let load = |conn: &mut DbConn, id: i64| -> Result<Option<H>, LedgerError> {
-        Ok(holds::table
-            .find(id)
+impl BatchHolds {
+    fn load(conn: &mut DbConn, batch: &[CostRow]) -> Result<BatchHolds, LedgerError> {
+        let bases: Vec<i64> = batch.iter().map(|r| r.job_base).collect();
+        let mut job_end_refs: HashMap<i64, Vec<(String, Option<i64>, i64)>> = HashMap::new();
+        let rows: Vec<(String, Option<i64>, i64, Option<String>)> = job_end_records::table
+            .filter(job_end_records::job_base.eq_any(&bases))
+            .filter(job_end_records::hold_ref.is_not_null())
+            .select((
+                job_end_records::job_id,
+                job_end_records::array_task,
+                job_end_records::job_base,
+                job_end_records::hold_ref,
+            ))
+            .order(job_end_records::id.desc())
+            .load(conn)?;
+        let mut candidates: Vec<i64> = batch
+            .iter()
+            .filter_map(|r| r.transaction_ref.as_deref().and_then(parse_hold_reference))
+            .collect();
+        for (job, task, base, r) in rows {
+            if let Some(id) = r.as_deref().and_then(parse_hold_reference) {
+                candidates.push(id);
+                job_end_refs.entry(base).or_default().push((job, task, id));
+            }
+        }
+        let mut names: Vec<String> = batch.iter().map(|r| r.job_id.clone()).collect();
+        names.extend(bases.iter().map(|b| b.to_string()));
+        let mut by_job: HashMap<String, Vec<i64>> = HashMap::new();
+        let found: Vec<(Option<String>, i64, i64, Option<i64>)> = holds::table
+            .filter(holds::job_id.eq_any(&names))
             .filter(holds::state.eq(HoldState::Open.as_str()))
             .select((
+                holds::job_id,
                 holds::id,
-                holds::state,
                 holds::estimate_micros,
                 holds::tasks,
             ))
-            .get_result(conn)
-            .optional()?)
-    };
-    // 1. The hold the producer names.
-    if let Some(id) = rec
-        .transaction_ref
-        .as_deref()
-        .and_then(parse_hold_reference)
-    {
-        if let Some(h) = load(conn, id)? {
-            return Ok(Some(h));
-        }
-    }
-    // 2. The hold the job-end record carries (job_submit.lua attached it to the job).
-    let array_job = rec.job_base.to_string();
-    let refs: Vec<Option<String>> = job_end_records::table
-        .filter(job_end_records::job_base.eq(rec.job_base))
-        .filter(job_end_records::hold_ref.is_not_null())
-        .filter(
-            job_end_records::job_id
-                .eq(&rec.job_id)
-                .or(job_end_records::array_task.is_not_null()),
-        )
-        .select(job_end_records::hold_ref)
-        .order(job_end_records::id.desc())
-        .load(conn)?;
-    for r in refs.into_iter().flatten() {
-        if let Some(id) = parse_hold_reference(&r) {
-            if let Some(h) = load(conn, id)? {
-                return Ok(Some(h));
+            .order(holds::id)
+            .load(conn)?;
+        let mut open = HashMap::new();
+        for (job, id, estimate, tasks) in found {
+            open.insert(id, (estimate, tasks));
+            if let Some(job) = job {
+                by_job.entry(job).or_default().push(id);
             }
         }
+        candidates.retain(|id| !open.contains_key(id));
+        if !candidates.is_empty() {
+            let more: Vec<(i64, i64, Option<i64>)> = holds::table
+                .filter(holds::id.eq_any(&candidates))
+                .filter(holds::state.eq(HoldState::Open.as_str()))
+                .select((holds::id, holds::estimate_micros, holds::tasks))
+                .load(conn)?;
+            for (id, estimate, tasks) in more {
+                open.insert(id, (estimate, tasks));
+            }
+        }
+        Ok(BatchHolds {
+            open,
+            job_end_refs,
+            by_job,
+        })
     }
-    // 3. A hold that carries the job id (or, for an array task, the array's id).
-    let mut ids = vec![rec.job_id.clone()];
-    if rec.array_task.is_some() || rec.job_id != array_job {
-        ids.push(array_job);
+
+    /// The open hold this run belongs to: the one the export names, else the one its job-end
+    /// record carries (job_submit.lua attached it), else one that carries the job id (for an
+    /// array task or het component, the job's).
+    fn find(&self, rec: &CostRow) -> Option<(i64, i64, Option<i64>)> {
+        let open = |id: i64| self.open.get(&id).map(|&(e, t)| (id, e, t));
+        if let Some(h) = rec
+            .transaction_ref
+            .as_deref()
+            .and_then(parse_hold_reference)
+            .and_then(open)
+        {
+            return Some(h);
+        }
+        if let Some(refs) = self.job_end_refs.get(&rec.job_base) {
+            for (job, task, id) in refs {
+                if (*job == rec.job_id || task.is_some()) && self.open.contains_key(id) {
+                    return open(*id);
+                }
+            }
+        }
+        let base = rec.job_base.to_string();
+        for name in [&rec.job_id, &base] {
+            if let Some(h) = self
+                .by_job
+                .get(name)
+                .and_then(|ids| ids.iter().find_map(|&id| open(id)))
+            {
+                return Some(h);
+            }
+        }
+        None
     }
-    let found: Option<H> = holds::table
-        .filter(holds::job_id.eq_any(&ids))
-        .filter(holds::state.eq(HoldState::Open.as_str()))
-        .select((
-            holds::id,
-            holds::state,
-            holds::estimate_micros,
-            holds::tasks,
-        ))
-        .order(holds::id)
-        .first(conn)
-        .optional()?;
-    Ok(found)
+
+    /// After a charge: a hold that resolved is no longer a candidate.
+    fn charged(&mut self, id: i64, still_open: bool) {
+        if !still_open {
+            self.open.remove(&id);
+        }
+    }
 }
 
 fn reconcile_one(
@@ -296,6 +347,7 @@ fn reconcile_one(
     ctx: &OpContext,
     policy: &ReconcilePolicy,
     rec: &CostRow,
+    holds: &mut BatchHolds,
 ) -> Result<One, LedgerError> {
     let actual = UsdMicros::from_stored(rec.actual_micros);
     let key = format!("charge:run:{}", rec.run_key);
@@ -304,9 +356,9 @@ fn reconcile_one(
     } else {
         String::new()
     };
-    let hold = find_hold(conn, rec)?;
+    let hold = holds.find(rec);
     let (outcome, estimate): (ChargeOutcome, Option<i64>) = match hold {
-        Some((hold_id, _, estimate, tasks)) => {
+        Some((hold_id, estimate, tasks)) => {
             let reason = format!("actual cost of job {}{run_note}", rec.job_id);
             let o = ledger::charge_hold(
                 conn,
@@ -319,6 +371,10 @@ fn reconcile_one(
                     key: &key,
                 },
             )?;
+            holds.charged(
+                hold_id,
+                o.hold.as_ref().is_some_and(|h| h.state == HoldState::Open),
+            );
             // An array hold's estimate covers all its tasks; each task expected its share.
             let per_run = match tasks {
                 Some(n) if n > 0 => estimate / n,
