@@ -278,8 +278,20 @@ db_test!(unfinished_files_wait_for_the_grace_period, |db| {
     let s = Spool::new();
     s.cost("job_8_cost.json", "");
     s.cost("job_9_cost.json", r#"{"job_id":"9","acc"#);
+    // Cut inside a two-byte character (Go writes µ as C2 B5): still being written.
+    std::fs::write(
+        s.asbx().join("job_10_cost.json"),
+        b"{\"job_id\":\"10\",\"actual_wall_time\":\"1.5\xc2",
+    )
+    .unwrap();
+    // Invalid bytes in the middle: refused at once.
+    std::fs::write(
+        s.asbx().join("job_11_cost.json"),
+        b"{\"job_id\":\"11\",\"account\":\"a\xffb\"}",
+    )
+    .unwrap();
     let r = s.scan(&mut conn, NOW_GRACE);
-    assert_eq!((r.not_ready, r.rejected), (2, 0));
+    assert_eq!((r.not_ready, r.rejected), (3, 1));
     assert!(s.asbx().join("job_8_cost.json").exists());
     // The producer finishes one; the other stays broken past the grace period.
     s.cost(
@@ -287,7 +299,12 @@ db_test!(unfinished_files_wait_for_the_grace_period, |db| {
         r#"{"job_id":"9","account":"physics","actual_cost":1}"#,
     );
     let r = s.scan(&mut conn, Duration::ZERO);
-    assert_eq!((r.stored, r.rejected, r.not_ready), (1, 1, 0));
+    assert_eq!((r.stored, r.rejected, r.not_ready), (1, 2, 0));
+    let cut: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(s.asbx().join("rejected/job_10_cost.json.error.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(cut["reasons"][0]["code"], "not_utf8");
     let sidecar =
         std::fs::read_to_string(s.asbx().join("rejected/job_8_cost.json.error.json")).unwrap();
     let v: serde_json::Value = serde_json::from_str(&sidecar).unwrap();

@@ -184,31 +184,6 @@ fn state(raw: Option<String>) -> Option<String> {
     raw.and_then(|s| s.split_whitespace().next().map(str::to_ascii_uppercase))
 }
 
-fn exit_code(c: &mut Check, f: &Fields<'_>) -> Option<String> {
-    let (name, v) = c.lookup(f, &["exit_code"])?;
-    match v {
-        J::Num(n) if n.parse::<i64>().is_ok() => Some(n.clone()),
-        J::Str(s) if is_exit_code(s) => Some(s.clone()),
-        other => {
-            c.reasons.push(Reason::field(
-                Code::WrongType,
-                &name,
-                format!("expected a whole number or \"N:S\", found {other}"),
-            ));
-            None
-        }
-    }
-}
-
-/// `N`, `N:S` (SLURM's exit code and signal).
-pub(crate) fn is_exit_code(s: &str) -> bool {
-    let num = |x: &str| !x.is_empty() && x.len() <= 10 && x.bytes().all(|b| b.is_ascii_digit());
-    match s.split_once(':') {
-        Some((a, b)) => num(a) && num(b),
-        None => num(s),
-    }
-}
-
 fn currency(c: &mut Check, f: &Fields<'_>) {
     if let Some(cur) = c.opt_str(f, &["currency"]) {
         if !cur.eq_ignore_ascii_case("USD") {
@@ -253,7 +228,7 @@ fn read_flat(
         Some(false) => Some("FAILED".into()),
         None => None,
     });
-    let exit_code = exit_code(c, f);
+    let exit_code = c.opt_exit_code(f, "exit_code");
     let user = c.opt_str(f, &["user_id"]);
     let partition = c.opt_str(f, &["partition"]);
     let submitted_at = c.opt_time(f, &["submitted_at"]);

@@ -144,7 +144,8 @@ pub struct Arrival {
     /// Identifies this arrival: name, size, modification time, inode and content. A rescan
     /// after a crash computes the same key for the same file; a re-export gets a new one.
     pub file_key: String,
-    /// The content, when it is UTF-8.
+    /// The content, when it is UTF-8; `None` for a file that ends inside a character (most
+    /// likely still being written).
     pub text: Option<String>,
 }
 
@@ -245,7 +246,13 @@ pub fn read(kind: Kind, path: &Path, max_size: u64) -> Result<Arrival, ReadRefus
         .as_bytes(),
     ));
     let size = bytes.len() as u64;
-    let text = String::from_utf8(bytes).ok();
+    // A file that ends inside a multi-byte character is most likely still being written (ASBX
+    // writes in place): that is "not ready", decided by the caller. Invalid bytes elsewhere are
+    // refused at once.
+    let (text, cut_short) = match String::from_utf8(bytes) {
+        Ok(t) => (Some(t), false),
+        Err(e) => (None, e.utf8_error().error_len().is_none()),
+    };
     let arrival = Arrival {
         path: path.to_path_buf(),
         name,
@@ -255,7 +262,7 @@ pub fn read(kind: Kind, path: &Path, max_size: u64) -> Result<Arrival, ReadRefus
         file_key,
         text,
     };
-    if arrival.text.is_none() {
+    if arrival.text.is_none() && !cut_short {
         return Err(ReadRefusal::Refused(
             Reason::file(Code::NotUtf8, "the file is not UTF-8 text"),
             Some(Box::new(arrival)),

@@ -319,14 +319,12 @@ impl Intake {
                 )],
             ));
         };
-        let text = arrival.text.as_deref().unwrap_or_default();
-        let lim = &self.opts.limits;
-        let parsed = match &facts {
-            NameFacts::Cost(job) => map(cost::read(Some(job), text, lim), Record::Cost),
-            NameFacts::JobEnd { cluster, job } => {
-                map(jobend::read(Some((cluster, job)), text), Record::JobEnd)
-            }
-            NameFacts::Plan(id) => map(plan::read(id, text, lim), Record::Plan),
+        let parsed = match (&facts, arrival.text.as_deref()) {
+            (_, None) => Parsed::NotReady(vec![Reason::file(
+                Code::NotUtf8,
+                "the file ends inside a UTF-8 character (a producer may still be writing it)",
+            )]),
+            (facts, Some(text)) => self.parse(facts, text),
         };
         match parsed {
             Parsed::Record(rec) => {
@@ -355,6 +353,17 @@ impl Intake {
                 }
             }
             Parsed::Rejected(reasons) => Some(rejected(arrival, reasons)),
+        }
+    }
+
+    fn parse(&self, facts: &NameFacts, text: &str) -> Parsed<Record> {
+        let lim = &self.opts.limits;
+        match facts {
+            NameFacts::Cost(job) => map(cost::read(Some(job), text, lim), Record::Cost),
+            NameFacts::JobEnd { cluster, job } => {
+                map(jobend::read(Some((cluster, job)), text), Record::JobEnd)
+            }
+            NameFacts::Plan(id) => map(plan::read(id, text, lim), Record::Plan),
         }
     }
 

@@ -3,7 +3,6 @@
 
 use chrono::{DateTime, Utc};
 
-use super::cost::is_exit_code;
 use super::json::{Fields, J};
 use super::values::Check;
 use super::{early, parse_object, Code, Parsed, Reason};
@@ -134,26 +133,19 @@ pub fn read(name: Option<(&str, &JobId)>, text: &str) -> Parsed<JobEndRecord> {
     let partition = c.opt_str(&f, &["partition"]);
     let user = c.opt_str(&f, &["user"]);
     c.opt_uint(&f, &["uid"]);
-    let state = c
-        .req_str(&f, &["state"])
-        .and_then(|s| s.split_whitespace().next().map(str::to_ascii_uppercase));
-    let exit = |c: &mut Check, key: &str| -> Option<String> {
-        let (name, v) = c.lookup(&f, &[key])?;
-        match v {
-            J::Num(n) if n.parse::<i64>().is_ok() => Some(n.clone()),
-            J::Str(s) if is_exit_code(s) => Some(s.clone()),
-            other => {
-                c.reasons.push(Reason::field(
-                    Code::WrongType,
-                    &name,
-                    format!("expected \"N:S\" or a whole number, found {other}"),
-                ));
-                None
-            }
+    let state = c.req_str(&f, &["state"]).and_then(|s| {
+        let first = s.split_whitespace().next().map(str::to_ascii_uppercase);
+        if first.is_none() {
+            c.reasons.push(Reason::field(
+                Code::MissingField,
+                "state",
+                "state is empty; it is required (COMPLETED, FAILED, CANCELLED, ...)",
+            ));
         }
-    };
-    let exit_code = exit(&mut c, "exit_code");
-    exit(&mut c, "derived_exit_code");
+        first
+    });
+    let exit_code = c.opt_exit_code(&f, "exit_code");
+    c.opt_exit_code(&f, "derived_exit_code");
     let submitted_at = c.req_time(&f, &["submit_time"]);
     let started_at = c.opt_time(&f, &["start_time"]);
     let ended_at = c.req_time(&f, &["end_time"]);

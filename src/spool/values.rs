@@ -119,6 +119,23 @@ impl Check {
         }
     }
 
+    /// An optional exit code: a whole number or SLURM's `"N:S"` (code and signal).
+    pub fn opt_exit_code(&mut self, f: &Fields<'_>, key: &str) -> Option<String> {
+        let (name, v) = self.lookup(f, &[key])?;
+        match v {
+            J::Num(n) if n.parse::<i64>().is_ok() => Some(n.clone()),
+            J::Str(s) if is_exit_code(s) => Some(s.clone()),
+            other => {
+                self.add(
+                    Code::WrongType,
+                    &name,
+                    format!("expected a whole number or \"N:S\", found {other}"),
+                );
+                None
+            }
+        }
+    }
+
     /// An optional boolean.
     pub fn opt_bool(&mut self, f: &Fields<'_>, names: &[&str]) -> Option<bool> {
         let (name, v) = self.lookup(f, names)?;
@@ -320,7 +337,15 @@ impl Check {
     pub fn job(&mut self, name: &str, v: &J) -> Option<JobId> {
         let text = match v {
             J::Str(s) => s.clone(),
-            J::Num(n) => n.clone(),
+            J::Num(n) if n.bytes().all(|b| b.is_ascii_digit()) => n.clone(),
+            J::Num(n) => {
+                self.add(
+                    Code::BadJobId,
+                    name,
+                    format!("{n} is not a SLURM job id (1234, 1234_5 or 1234+1)"),
+                );
+                return None;
+            }
             other => {
                 self.add(
                     Code::BadJobId,
@@ -445,6 +470,15 @@ fn same_value(a: &J, b: &J) -> bool {
         return p == q;
     }
     matches!((JobId::parse(x), JobId::parse(y)), (Ok(p), Ok(q)) if p == q)
+}
+
+/// `N` or `N:S` (SLURM's exit code and signal).
+fn is_exit_code(s: &str) -> bool {
+    let num = |x: &str| !x.is_empty() && x.len() <= 10 && x.bytes().all(|b| b.is_ascii_digit());
+    match s.split_once(':') {
+        Some((a, b)) => num(a) && num(b),
+        None => num(s),
+    }
 }
 
 /// `^-?[0-9]+(\.[0-9]+)?$`: the only decimal strings accepted for money.
