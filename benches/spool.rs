@@ -289,9 +289,10 @@ impl Db {
     fn postgres(admin: &str, tag: &str) -> Result<Db> {
         let name = format!("asbb_bench_spool_{tag}_{}", std::process::id());
         let mut c = PgConnection::establish(admin)?;
-        c.batch_execute(&format!(
-            "DROP DATABASE IF EXISTS {name}; CREATE DATABASE {name}"
-        ))?;
+        // Two statements: PostgreSQL runs a multi-statement string in one transaction, and
+        // DROP/CREATE DATABASE refuse to run inside one.
+        c.batch_execute(&format!("DROP DATABASE IF EXISTS {name}"))?;
+        c.batch_execute(&format!("CREATE DATABASE {name}"))?;
         let base = admin.rsplit_once('/').map_or(admin, |(b, _)| b);
         Ok(Db {
             url: format!("{base}/{name}"),
