@@ -735,3 +735,32 @@ db_test!(
         assert_eq!(balances(&mut conn, "physics").1, "12.00");
     }
 );
+
+db_test!(one_batch_with_the_same_run_twice_stores_it_once, |db| {
+    let mut conn = db.conn();
+    create(&mut conn, "physics", "100");
+    let s = Spool::new();
+    // Three exports of job 77 in one batch: the same facts twice, and another cost.
+    s.cost(
+        "job_77_cost.json",
+        r#"{"job_id":"77","account":"physics","actual_cost":4}"#,
+    );
+    s.cost(
+        "job-77-asbb-reconciliation.json",
+        r#"{"slurm_job_id":"77","project_id":"physics","total_cost_usd":"4.00"}"#,
+    );
+    s.cost("job-77-performance.json", r#"{"job_metadata":{"job_id":"77","project_id":"physics"},"cost_analysis":{"total_cost_usd":5}}"#);
+    let r = s.scan(&mut conn, NOW_GRACE);
+    assert_eq!(r.batches, 1);
+    assert_eq!(r.stored, 1, "{r:?}");
+    assert_eq!(r.duplicates + r.conflicts, 2, "{r:?}");
+    let conflicts = dbspool::conflicts(&mut conn, false).unwrap();
+    assert!(
+        !conflicts.is_empty() && conflicts.iter().all(|c| c.run == "77#0"),
+        "{conflicts:?}"
+    );
+    reconcile_at(&mut conn, t(2, 0));
+    let used = balances(&mut conn, "physics").1;
+    assert!(used == "4.00" || used == "5.00", "charged once: {used}");
+    assert_clean(&mut conn);
+});

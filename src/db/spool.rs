@@ -6,6 +6,8 @@
 //! arrival with the same facts is a duplicate; with other facts it is a conflict that waits
 //! for an administrator and never overwrites or charges twice.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, NaiveDateTime, Utc};
 use diesel::prelude::*;
 use serde::Serialize;
@@ -16,6 +18,17 @@ use super::DbConn;
 use crate::domain::names::JobPart;
 use crate::domain::time::{from_naive, to_naive};
 use crate::spool::{Kind, Reason, Record};
+
+/// Runs the same diesel code on the concrete connection: multi-row inserts are not available
+/// through the generic `DbConn`.
+macro_rules! on_backend {
+    ($conn:expr, |$c:ident| $body:expr) => {
+        match $conn {
+            DbConn::Sqlite($c) => $body,
+            DbConn::Postgres($c) => $body,
+        }
+    };
+}
 
 /// What the intake knows about a file when it records it.
 #[derive(Debug, Clone, Copy)]
@@ -88,52 +101,156 @@ pub struct Recorded {
     pub reasons: Vec<Reason>,
 }
 
-/// Records one arrival. Call inside a write transaction (the intake batches many files into one).
+/// Records one arrival. Call inside a write transaction.
 pub fn record_file(
     conn: &mut DbConn,
     now: DateTime<Utc>,
     f: FileFacts<'_>,
     content: Content<'_>,
 ) -> Result<Recorded, LedgerError> {
-    let seen: Option<(String, String)> = spool_files::table
-        .filter(spool_files::file_key.eq(f.file_key))
-        .select((spool_files::outcome, spool_files::reasons))
-        .get_result(conn)
-        .optional()?;
-    if let Some((outcome, reasons)) = seen {
-        return Ok(Recorded {
-            outcome: Outcome::parse(&outcome),
-            already: true,
-            reasons: parse_reasons(&reasons),
+    Ok(record_batch(conn, now, &[(f, content)])?.remove(0))
+}
+
+/// Records a batch of arrivals with a handful of statements, not a handful per file: which
+/// arrivals and runs are already known is read in one query each, new cost records and all
+/// arrivals are inserted as multi-row statements. Files of one batch that carry the same run
+/// are told apart in order (the first is stored, the next a duplicate or a conflict). Call
+/// inside a write transaction; the result is in the order of `items`.
+pub fn record_batch(
+    conn: &mut DbConn,
+    now: DateTime<Utc>,
+    items: &[(FileFacts<'_>, Content<'_>)],
+) -> Result<Vec<Recorded>, LedgerError> {
+    let now = to_naive(now);
+    let keys: Vec<&str> = items.iter().map(|(f, _)| f.file_key).collect();
+    let seen: HashMap<String, (String, String)> = spool_files::table
+        .filter(spool_files::file_key.eq_any(&keys))
+        .select((
+            spool_files::file_key,
+            spool_files::outcome,
+            spool_files::reasons,
+        ))
+        .load::<(String, String, String)>(conn)?
+        .into_iter()
+        .map(|(k, o, r)| (k, (o, r)))
+        .collect();
+    // Runs of the batch's cost records already stored: run key -> (id, digest).
+    let run_keys: Vec<String> = items
+        .iter()
+        .filter(|(f, _)| !seen.contains_key(f.file_key))
+        .filter_map(|(_, c)| match c {
+            Content::Record(Record::Cost(r)) => Some(r.run_key()),
+            _ => None,
+        })
+        .collect();
+    let mut runs: HashMap<String, (Option<i64>, String)> = cost_records::table
+        .filter(cost_records::run_key.eq_any(&run_keys))
+        .select((
+            cost_records::run_key,
+            cost_records::id,
+            cost_records::content_digest,
+        ))
+        .load::<(String, i64, String)>(conn)?
+        .into_iter()
+        .map(|(k, id, d)| (k, (Some(id), d)))
+        .collect();
+
+    enum Slot {
+        Known(i64),
+        /// A cost record inserted by this batch, by run key.
+        New(String),
+        None,
+    }
+    let mut out = Vec::with_capacity(items.len());
+    let mut slots: Vec<Option<(Outcome, Slot, Vec<Reason>)>> = Vec::with_capacity(items.len());
+    let mut new_costs: Vec<&crate::spool::CostRecord> = Vec::new();
+    for (f, content) in items {
+        if let Some((outcome, reasons)) = seen.get(f.file_key) {
+            out.push(Some(Recorded {
+                outcome: Outcome::parse(outcome),
+                already: true,
+                reasons: parse_reasons(reasons),
+            }));
+            slots.push(None);
+            continue;
+        }
+        out.push(None);
+        let slot = match content {
+            Content::Rejected(reasons) => (Outcome::Rejected, Slot::None, reasons.to_vec()),
+            Content::Record(Record::Cost(c)) => {
+                let key = c.run_key();
+                let digest = c.content_digest();
+                match runs.get(&key) {
+                    Some((id, d)) => {
+                        let outcome = if *d == digest {
+                            Outcome::Duplicate
+                        } else {
+                            Outcome::Conflict
+                        };
+                        let slot = id.map_or(Slot::New(key.clone()), Slot::Known);
+                        (outcome, slot, Vec::new())
+                    }
+                    None => {
+                        runs.insert(key.clone(), (None, digest));
+                        new_costs.push(c);
+                        (Outcome::Stored, Slot::New(key), Vec::new())
+                    }
+                }
+            }
+            Content::Record(rec) => {
+                let (outcome, id) = store_record(conn, now, rec)?;
+                (outcome, Slot::Known(id), Vec::new())
+            }
+        };
+        slots.push(Some(slot));
+    }
+    // The new cost records, in chunks that keep within both backends' limits on bind values.
+    let mut new_ids: HashMap<String, i64> = HashMap::new();
+    for chunk in new_costs.chunks(500) {
+        let rows: Vec<NewCostRow<'_>> = chunk.iter().map(|c| new_cost_row(c, now)).collect();
+        let ids: Vec<(i64, String)> =
+            on_backend!(&mut *conn, |c| diesel::insert_into(cost_records::table)
+                .values(&rows)
+                .returning((cost_records::id, cost_records::run_key))
+                .get_results(c)?);
+        new_ids.extend(ids.into_iter().map(|(id, k)| (k, id)));
+    }
+    let mut file_rows = Vec::new();
+    for ((f, _), (done, slot)) in items.iter().zip(out.iter_mut().zip(slots)) {
+        let Some((outcome, slot, reasons)) = slot else {
+            continue;
+        };
+        let record_id = match slot {
+            Slot::Known(id) => Some(id),
+            Slot::New(key) => new_ids.get(&key).copied(),
+            Slot::None => None,
+        };
+        file_rows.push(NewFileRow {
+            kind: f.kind.as_str(),
+            name: f.name,
+            file_key: f.file_key,
+            sha256: f.sha256,
+            size_bytes: i64::try_from(f.size).unwrap_or(i64::MAX),
+            outcome: outcome.as_str(),
+            record_id,
+            reasons: serde_json::to_string(&reasons).expect("reasons serialise"),
+            seen_at: now,
+        });
+        *done = Some(Recorded {
+            outcome,
+            already: false,
+            reasons,
         });
     }
-    let now = to_naive(now);
-    let (outcome, record_id, reasons) = match content {
-        Content::Rejected(reasons) => (Outcome::Rejected, None, reasons.to_vec()),
-        Content::Record(rec) => {
-            let (outcome, id) = store_record(conn, now, rec)?;
-            (outcome, Some(id), Vec::new())
-        }
-    };
-    let reasons_json = serde_json::to_string(&reasons).expect("reasons serialise");
-    diesel::insert_into(spool_files::table)
-        .values((
-            spool_files::kind.eq(f.kind.as_str()),
-            spool_files::name.eq(f.name),
-            spool_files::file_key.eq(f.file_key),
-            spool_files::sha256.eq(f.sha256),
-            spool_files::size_bytes.eq(i64::try_from(f.size).unwrap_or(i64::MAX)),
-            spool_files::outcome.eq(outcome.as_str()),
-            spool_files::record_id.eq(record_id),
-            spool_files::reasons.eq(&reasons_json),
-            spool_files::seen_at.eq(now),
-        ))
-        .execute(conn)?;
-    Ok(Recorded {
-        outcome,
-        already: false,
-        reasons,
-    })
+    for chunk in file_rows.chunks(1000) {
+        on_backend!(&mut *conn, |c| diesel::insert_into(spool_files::table)
+            .values(chunk)
+            .execute(c)?);
+    }
+    Ok(out
+        .into_iter()
+        .map(|r| r.expect("every item decided"))
+        .collect())
 }
 
 fn parse_reasons(text: &str) -> Vec<Reason> {
@@ -180,31 +297,8 @@ fn store_record(
             if let Some(found) = same_or_conflict(existing, &digest) {
                 return Ok(found);
             }
-            let (task, het) = parts(c.job.part());
             let id = diesel::insert_into(cost_records::table)
-                .values((
-                    cost_records::run_key.eq(&key),
-                    cost_records::job_id.eq(c.job.to_string()),
-                    cost_records::job_base.eq(c.job.base() as i64),
-                    cost_records::array_task.eq(task),
-                    cost_records::het_offset.eq(het),
-                    cost_records::run.eq(i64::from(c.run)),
-                    cost_records::account.eq(&c.account),
-                    cost_records::actual_micros.eq(c.actual.micros()),
-                    cost_records::producer_estimate_micros.eq(c.estimated_cost.map(|m| m.micros())),
-                    cost_records::transaction_ref.eq(&c.budget_transaction_id),
-                    cost_records::job_state.eq(&c.job_state),
-                    cost_records::exit_code.eq(&c.exit_code),
-                    cost_records::user_name.eq(&c.user),
-                    cost_records::partition.eq(&c.partition),
-                    cost_records::submitted_at.eq(c.submitted_at.map(to_naive)),
-                    cost_records::started_at.eq(c.started_at.map(to_naive)),
-                    cost_records::completed_at.eq(c.completed_at.map(to_naive)),
-                    cost_records::export_time.eq(c.export_time.map(to_naive)),
-                    cost_records::content_digest.eq(&digest),
-                    cost_records::status.eq("pending"),
-                    cost_records::received_at.eq(now),
-                ))
+                .values(&new_cost_row(c, now))
                 .returning(cost_records::id)
                 .get_result(conn)?;
             Ok((Outcome::Stored, id))
@@ -280,6 +374,75 @@ fn store_record(
             Ok((Outcome::Stored, id))
         }
     }
+}
+
+/// The row of a new cost record.
+#[derive(Insertable, Clone)]
+#[diesel(table_name = cost_records)]
+struct NewCostRow<'a> {
+    run_key: String,
+    job_id: String,
+    job_base: i64,
+    array_task: Option<i64>,
+    het_offset: Option<i64>,
+    run: i64,
+    account: &'a str,
+    actual_micros: i64,
+    producer_estimate_micros: Option<i64>,
+    transaction_ref: Option<&'a str>,
+    job_state: Option<&'a str>,
+    exit_code: Option<&'a str>,
+    user_name: Option<&'a str>,
+    partition: Option<&'a str>,
+    submitted_at: Option<NaiveDateTime>,
+    started_at: Option<NaiveDateTime>,
+    completed_at: Option<NaiveDateTime>,
+    export_time: Option<NaiveDateTime>,
+    content_digest: String,
+    status: &'a str,
+    received_at: NaiveDateTime,
+}
+
+fn new_cost_row(c: &crate::spool::CostRecord, now: NaiveDateTime) -> NewCostRow<'_> {
+    let (task, het) = parts(c.job.part());
+    NewCostRow {
+        run_key: c.run_key(),
+        job_id: c.job.to_string(),
+        job_base: c.job.base() as i64,
+        array_task: task,
+        het_offset: het,
+        run: i64::from(c.run),
+        account: &c.account,
+        actual_micros: c.actual.micros(),
+        producer_estimate_micros: c.estimated_cost.map(|m| m.micros()),
+        transaction_ref: c.budget_transaction_id.as_deref(),
+        job_state: c.job_state.as_deref(),
+        exit_code: c.exit_code.as_deref(),
+        user_name: c.user.as_deref(),
+        partition: c.partition.as_deref(),
+        submitted_at: c.submitted_at.map(to_naive),
+        started_at: c.started_at.map(to_naive),
+        completed_at: c.completed_at.map(to_naive),
+        export_time: c.export_time.map(to_naive),
+        content_digest: c.content_digest(),
+        status: "pending",
+        received_at: now,
+    }
+}
+
+/// A new `spool_files` row.
+#[derive(Insertable, Clone)]
+#[diesel(table_name = spool_files)]
+struct NewFileRow<'a> {
+    kind: &'a str,
+    name: &'a str,
+    file_key: &'a str,
+    sha256: &'a str,
+    size_bytes: i64,
+    outcome: &'a str,
+    record_id: Option<i64>,
+    reasons: String,
+    seen_at: NaiveDateTime,
 }
 
 fn parts(p: JobPart) -> (Option<i64>, Option<i64>) {

@@ -17,7 +17,7 @@ use walkdir::WalkDir;
 use super::files::{self, Arrival, ErrorSidecar, Name, NameFacts, ReadRefusal};
 use super::{cost, jobend, plan, Code, Kind, Limits, Parsed, Reason, Record};
 use crate::db::ledger::LedgerError;
-use crate::db::spool::{record_file, Content, FileFacts, Outcome};
+use crate::db::spool::{record_batch, Content, FileFacts, Outcome};
 use crate::db::{write_transaction, DbConn};
 
 /// The spool directories; a kind without a directory is not scanned.
@@ -378,21 +378,24 @@ impl Intake {
     ) -> Result<(), IntakeError> {
         let recorded = write_transaction(conn, |conn| {
             crate::db::lock_batch(conn, crate::db::BatchLock::Intake)?;
-            let mut out = Vec::with_capacity(batch.len());
-            for p in &batch {
-                let content = match &p.verdict {
-                    Verdict::Record(r) => Content::Record(r),
-                    Verdict::Rejected(r) => Content::Rejected(r),
-                };
-                let facts = FileFacts {
-                    kind,
-                    name: &p.name,
-                    file_key: &p.file_key,
-                    sha256: &p.sha256,
-                    size: p.size,
-                };
-                out.push(record_file(conn, now, facts, content)?);
-            }
+            let items: Vec<(FileFacts<'_>, Content<'_>)> = batch
+                .iter()
+                .map(|p| {
+                    let content = match &p.verdict {
+                        Verdict::Record(r) => Content::Record(r),
+                        Verdict::Rejected(r) => Content::Rejected(r),
+                    };
+                    let facts = FileFacts {
+                        kind,
+                        name: &p.name,
+                        file_key: &p.file_key,
+                        sha256: &p.sha256,
+                        size: p.size,
+                    };
+                    (facts, content)
+                })
+                .collect();
+            let out = record_batch(conn, now, &items)?;
             Ok::<_, LedgerError>(out)
         })?;
         report.batches += 1;
