@@ -4,6 +4,9 @@
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Nullable, Text, Timestamp};
+
+use super::fixed::{bind, fixed};
 use rust_decimal::Decimal;
 
 use super::models::{
@@ -241,12 +244,12 @@ fn lock_account_by_id(conn: &mut DbConn, id: i64) -> Result<AccountRow, LedgerEr
 }
 
 fn load_hold(conn: &mut DbConn, id: i64) -> Result<HoldRow, LedgerError> {
-    holds::table
+    on_backend!(conn, |c| holds::table
         .find(id)
         .select(HoldRow::as_select())
-        .get_result(conn)
-        .optional()?
-        .ok_or(LedgerError::UnknownHold(id))
+        .get_result(c)
+        .optional())?
+    .ok_or(LedgerError::UnknownHold(id))
 }
 
 /// Locks the account a hold belongs to and returns both, the hold read under the lock.
@@ -254,12 +257,12 @@ fn lock_hold_account(
     conn: &mut DbConn,
     hold_id: i64,
 ) -> Result<(AccountRow, HoldRow), LedgerError> {
-    let (account_id, hold) = holds::table
+    let (account_id, hold) = on_backend!(conn, |c| holds::table
         .find(hold_id)
         .select((holds::account_id, HoldRow::as_select()))
-        .get_result::<(i64, HoldRow)>(conn)
-        .optional()?
-        .ok_or(LedgerError::UnknownHold(hold_id))?;
+        .get_result::<(i64, HoldRow)>(c)
+        .optional())?
+    .ok_or(LedgerError::UnknownHold(hold_id))?;
     let acct = lock_account_by_id(conn, account_id)?;
     let hold = match conn {
         // `BEGIN IMMEDIATE` already excluded every other writer: the first read stands.
@@ -271,11 +274,11 @@ fn lock_hold_account(
 }
 
 fn find_entry_by_key(conn: &mut DbConn, key: &str) -> Result<Option<JournalRow>, LedgerError> {
-    Ok(journal::table
+    Ok(on_backend!(conn, |c| journal::table
         .filter(journal::idempotency_key.eq(key))
         .select(JournalRow::as_select())
-        .get_result(conn)
-        .optional()?)
+        .get_result(c)
+        .optional())?)
 }
 
 /// Looks for a previous use of `key`: `Some(entry)` for a replay of the same request, an error
@@ -389,33 +392,34 @@ fn append(
         recorded_at: ctx.recorded_at,
         prev_hash: &acct.chain_head,
     });
-    let id: i64 = diesel::insert_into(journal::table)
-        .values(NewJournalRow {
-            account_id: acct.id,
-            seq,
-            kind: p.kind.as_str(),
-            amount_micros: p.amount.micros(),
-            credited_delta_micros: p.effect.credited.micros(),
-            charged_delta_micros: p.effect.charged.micros(),
-            held_delta_micros: p.effect.held.micros(),
-            hold_id: p.hold_id,
-            cluster: p.cluster,
-            job_id: p.job_id,
-            partition: p.partition,
-            user_name: p.user_name,
-            actor: &ctx.actor,
-            reason: p.reason,
-            flags: p.flags,
-            idempotency_key: p.key,
-            request_digest: p.digest,
-            effective_at: to_naive(ctx.effective_at),
-            recorded_at: to_naive(ctx.recorded_at),
-            prev_hash: &acct.chain_head,
-            hash: &hash,
-        })
+    let new_row = NewJournalRow {
+        account_id: acct.id,
+        seq,
+        kind: p.kind.as_str(),
+        amount_micros: p.amount.micros(),
+        credited_delta_micros: p.effect.credited.micros(),
+        charged_delta_micros: p.effect.charged.micros(),
+        held_delta_micros: p.effect.held.micros(),
+        hold_id: p.hold_id,
+        cluster: p.cluster,
+        job_id: p.job_id,
+        partition: p.partition,
+        user_name: p.user_name,
+        actor: &ctx.actor,
+        reason: p.reason,
+        flags: p.flags,
+        idempotency_key: p.key,
+        request_digest: p.digest,
+        effective_at: to_naive(ctx.effective_at),
+        recorded_at: to_naive(ctx.recorded_at),
+        prev_hash: &acct.chain_head,
+        hash: &hash,
+    };
+    let id: i64 = on_backend!(conn, |c| diesel::insert_into(journal::table)
+        .values(&new_row)
         .returning(journal::id)
-        .get_result(conn)
-        .map_err(key_race(p.key))?;
+        .get_result(c))
+    .map_err(key_race(p.key))?;
     // Everything stored is known here; reading the row back would cost a query per entry.
     let row = JournalRow {
         id,
@@ -455,6 +459,48 @@ fn append(
     Ok(row)
 }
 
+// The hot updates are fixed statements (`super::fixed`): diesel keeps their prepared
+// statements, which it never does for `update(…).set(…)`.
+
+const UPDATE_PARTITION: &[&str] = &[
+    "UPDATE account_partitions SET charged_micros = ",
+    ", held_micros = ",
+    ", updated_at = ",
+    " WHERE account_id = ",
+    " AND partition = ",
+    "",
+];
+
+const UPDATE_ACCOUNT_BALANCES: &[&str] = &[
+    "UPDATE accounts SET credited_micros = ",
+    ", charged_micros = ",
+    ", held_micros = ",
+    ", entry_count = ",
+    ", chain_head = ",
+    ", updated_at = ",
+    " WHERE id = ",
+    "",
+];
+
+const UPDATE_HOLD_CHARGED: &[&str] = &[
+    "UPDATE holds SET remaining_micros = ",
+    ", charged_micros = ",
+    ", state = ",
+    ", flags = ",
+    ", job_id = ",
+    ", resolved_at = ",
+    ", tasks_charged = ",
+    " WHERE id = ",
+    "",
+];
+
+const UPDATE_HOLD_ENDED: &[&str] = &[
+    "UPDATE holds SET remaining_micros = 0, state = ",
+    ", resolved_at = ",
+    " WHERE id = ",
+    "",
+];
+
 fn bump_partition(
     conn: &mut DbConn,
     ctx: &OpContext,
@@ -470,29 +516,35 @@ fn bump_partition(
             charged_micros: *charged,
             held_micros: *held,
         }),
-        _ => account_partitions::table
+        _ => on_backend!(conn, |c| account_partitions::table
             .find((account_id, part))
             .select(PartitionRow::as_select())
-            .get_result(conn)
-            .optional()?,
+            .get_result(c)
+            .optional())?,
     };
     let now = to_naive(ctx.recorded_at);
     match existing {
         Some(r) => {
-            diesel::update(account_partitions::table.find((account_id, part)))
-                .set((
-                    account_partitions::charged_micros.eq(UsdMicros::from_stored(r.charged_micros)
-                        .checked_add(e.charged)?
-                        .micros()),
-                    account_partitions::held_micros.eq(UsdMicros::from_stored(r.held_micros)
-                        .checked_add(e.held)?
-                        .micros()),
-                    account_partitions::updated_at.eq(now),
-                ))
-                .execute(conn)?;
+            let charged = UsdMicros::from_stored(r.charged_micros)
+                .checked_add(e.charged)?
+                .micros();
+            let held = UsdMicros::from_stored(r.held_micros)
+                .checked_add(e.held)?
+                .micros();
+            on_backend!(conn, |c| fixed(
+                UPDATE_PARTITION,
+                (
+                    bind::<BigInt, _>(charged),
+                    bind::<BigInt, _>(held),
+                    bind::<Timestamp, _>(now),
+                    bind::<BigInt, _>(account_id),
+                    bind::<Text, _>(part),
+                )
+            )
+            .execute(c))?;
         }
         None => {
-            diesel::insert_into(account_partitions::table)
+            on_backend!(conn, |c| diesel::insert_into(account_partitions::table)
                 .values((
                     account_partitions::account_id.eq(account_id),
                     account_partitions::partition.eq(part),
@@ -501,7 +553,7 @@ fn bump_partition(
                     account_partitions::held_micros.eq(e.held.micros()),
                     account_partitions::updated_at.eq(now),
                 ))
-                .execute(conn)?;
+                .execute(c))?;
         }
     }
     Ok(())
@@ -516,24 +568,27 @@ fn save_account(
     for (part, e) in &parts.changes {
         bump_partition(conn, ctx, acct.id, part, *e, parts.known.as_ref())?;
     }
-    diesel::update(accounts::table.find(acct.id))
-        .set((
-            accounts::credited_micros.eq(acct.credited_micros),
-            accounts::charged_micros.eq(acct.charged_micros),
-            accounts::held_micros.eq(acct.held_micros),
-            accounts::entry_count.eq(acct.entry_count),
-            accounts::chain_head.eq(&acct.chain_head),
-            accounts::updated_at.eq(to_naive(ctx.recorded_at)),
-        ))
-        .execute(conn)?;
+    on_backend!(conn, |c| fixed(
+        UPDATE_ACCOUNT_BALANCES,
+        (
+            bind::<BigInt, _>(acct.credited_micros),
+            bind::<BigInt, _>(acct.charged_micros),
+            bind::<BigInt, _>(acct.held_micros),
+            bind::<BigInt, _>(acct.entry_count),
+            bind::<Text, _>(&acct.chain_head),
+            bind::<Timestamp, _>(to_naive(ctx.recorded_at)),
+            bind::<BigInt, _>(acct.id),
+        )
+    )
+    .execute(c))?;
     Ok(())
 }
 
 fn account_name_of(conn: &mut DbConn, id: i64) -> Result<String, LedgerError> {
-    Ok(accounts::table
+    Ok(on_backend!(conn, |c| accounts::table
         .find(id)
         .select(accounts::name)
-        .get_result(conn)?)
+        .get_result(c))?)
 }
 
 fn entry_record(conn: &mut DbConn, row: &JournalRow) -> Result<Entry, LedgerError> {
@@ -1208,11 +1263,11 @@ pub fn place_hold(
             });
         }
         let part_row = match req.partition {
-            Some(p) => account_partitions::table
+            Some(p) => on_backend!(conn, |c| account_partitions::table
                 .find((acct.id, p))
                 .select(PartitionRow::as_select())
-                .get_result(conn)
-                .optional()?,
+                .get_result(c)
+                .optional())?,
             None => None,
         };
         let partition = match (&part_row, req.partition) {
@@ -1239,28 +1294,29 @@ pub fn place_hold(
         if let Err(denial) = decide_hold(&hctx, amount, ctx.effective_at) {
             return Ok(HoldOutcome::Denied(denial));
         }
-        let hold_id: i64 = diesel::insert_into(holds::table)
-            .values(NewHoldRow {
-                account_id: acct.id,
-                partition: req.partition,
-                cluster: req.cluster,
-                job_id: req.job_id,
-                user_name: req.user_name,
-                estimate_micros: req.estimate.micros(),
-                buffer: &buffer,
-                amount_micros: amount.micros(),
-                remaining_micros: amount.micros(),
-                charged_micros: 0,
-                state: HoldState::Open.as_str(),
-                flags: "",
-                expires_at: req.expires_at.map(to_naive),
-                created_at: to_naive(ctx.effective_at),
-                idempotency_key: req.key,
-                tasks: req.tasks.map(i64::from),
-            })
+        let new_hold = NewHoldRow {
+            account_id: acct.id,
+            partition: req.partition,
+            cluster: req.cluster,
+            job_id: req.job_id,
+            user_name: req.user_name,
+            estimate_micros: req.estimate.micros(),
+            buffer: &buffer,
+            amount_micros: amount.micros(),
+            remaining_micros: amount.micros(),
+            charged_micros: 0,
+            state: HoldState::Open.as_str(),
+            flags: "",
+            expires_at: req.expires_at.map(to_naive),
+            created_at: to_naive(ctx.effective_at),
+            idempotency_key: req.key,
+            tasks: req.tasks.map(i64::from),
+        };
+        let hold_id: i64 = on_backend!(conn, |c| diesel::insert_into(holds::table)
+            .values(&new_hold)
             .returning(holds::id)
-            .get_result(conn)
-            .map_err(key_race(req.key))?;
+            .get_result(c))
+        .map_err(key_race(req.key))?;
         let reason = format!("hold of ${amount} (estimate ${} x {buffer})", req.estimate);
         let mut p = Pending::simple(EntryKind::Hold, amount, &reason, req.key, &digest)?;
         p.hold_id = Some(hold_id);
@@ -1455,17 +1511,20 @@ pub fn charge_hold(
         } else {
             job
         };
-        diesel::update(holds::table.find(hold.id))
-            .set((
-                holds::remaining_micros.eq(left),
-                holds::charged_micros.eq(charged.micros()),
-                holds::state.eq(state.as_str()),
-                holds::flags.eq(flags),
-                holds::job_id.eq(hold_job),
-                holds::resolved_at.eq(resolved_at),
-                holds::tasks_charged.eq(tasks_charged),
-            ))
-            .execute(conn)?;
+        on_backend!(conn, |c| fixed(
+            UPDATE_HOLD_CHARGED,
+            (
+                bind::<BigInt, _>(left),
+                bind::<BigInt, _>(charged.micros()),
+                bind::<Text, _>(state.as_str()),
+                bind::<Text, _>(flags),
+                bind::<Nullable<Text>, _>(hold_job),
+                bind::<Nullable<Timestamp>, _>(resolved_at),
+                bind::<BigInt, _>(tasks_charged),
+                bind::<BigInt, _>(hold.id),
+            )
+        )
+        .execute(c))?;
         let hold_job = hold_job.map(str::to_string);
         let hold = HoldRow {
             remaining_micros: left,
@@ -1709,13 +1768,15 @@ fn end_hold(
         } else {
             HoldState::Released
         };
-        diesel::update(holds::table.find(hold.id))
-            .set((
-                holds::remaining_micros.eq(0i64),
-                holds::state.eq(state.as_str()),
-                holds::resolved_at.eq(Some(to_naive(ctx.effective_at))),
-            ))
-            .execute(conn)?;
+        on_backend!(conn, |c| fixed(
+            UPDATE_HOLD_ENDED,
+            (
+                bind::<Text, _>(state.as_str()),
+                bind::<Timestamp, _>(to_naive(ctx.effective_at)),
+                bind::<BigInt, _>(hold.id),
+            )
+        )
+        .execute(c))?;
         let hold = HoldRow {
             remaining_micros: 0,
             state: state.as_str().to_string(),

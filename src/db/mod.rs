@@ -9,7 +9,22 @@
 //! the deadlock of two readers upgrading); on PostgreSQL the account row is locked with
 //! `SELECT … FOR UPDATE`, so accounts never wait on each other.
 
+/// Runs the same diesel code on the concrete connection. Multi-row inserts are not available
+/// through the generic `DbConn`, and every statement sent through it has its SQL text rebuilt
+/// on each call (the derive serialises the query before the statement cache is consulted):
+/// the hot paths of the ledger run on the concrete connection, where diesel reuses the
+/// prepared statement without building any SQL.
+macro_rules! on_backend {
+    ($conn:expr, |$c:ident| $body:expr) => {
+        match $conn {
+            $crate::db::DbConn::Sqlite($c) => $body,
+            $crate::db::DbConn::Postgres($c) => $body,
+        }
+    };
+}
+
 pub mod audit;
+mod fixed;
 pub mod ledger;
 pub mod models;
 pub mod queries;
@@ -229,7 +244,7 @@ pub fn connect(url: &DbUrl, opts: &ConnectOptions, create: Create) -> Result<DbC
                 SqliteSync::Normal => "NORMAL",
             };
             c.batch_execute(&format!(
-                "PRAGMA busy_timeout = {}; PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync}; PRAGMA foreign_keys = ON;",
+                "PRAGMA busy_timeout = {}; PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync}; PRAGMA foreign_keys = ON; PRAGMA cache_size = -32768; PRAGMA temp_store = MEMORY;",
                 opts.busy_timeout.as_millis()
             ))?;
             Ok(DbConn::Sqlite(c))

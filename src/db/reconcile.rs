@@ -482,7 +482,7 @@ fn reconcile_one(
         }
         _ => None,
     };
-    diesel::update(cost_records::table.find(rec.id))
+    on_backend!(conn, |c| diesel::update(cost_records::table.find(rec.id))
         .set((
             cost_records::status.eq("charged"),
             cost_records::status_reason.eq(""),
@@ -496,7 +496,7 @@ fn reconcile_one(
             cost_records::charged_partition.eq(partition.as_deref().or(rec.partition.as_deref())),
             cost_records::reconciled_at.eq(Some(to_naive(ctx.effective_at))),
         ))
-        .execute(conn)?;
+        .execute(c))?;
     Ok(One::Charged {
         held: outcome.hold.is_some(),
         overrun: !outcome.overrun.is_zero(),

@@ -19,17 +19,6 @@ use crate::domain::names::JobPart;
 use crate::domain::time::{from_naive, to_naive};
 use crate::spool::{Kind, Reason, Record};
 
-/// Runs the same diesel code on the concrete connection: multi-row inserts are not available
-/// through the generic `DbConn`.
-macro_rules! on_backend {
-    ($conn:expr, |$c:ident| $body:expr) => {
-        match $conn {
-            DbConn::Sqlite($c) => $body,
-            DbConn::Postgres($c) => $body,
-        }
-    };
-}
-
 /// What the intake knows about a file when it records it.
 #[derive(Debug, Clone, Copy)]
 pub struct FileFacts<'a> {
