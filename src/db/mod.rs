@@ -9,7 +9,11 @@
 //! the deadlock of two readers upgrading); on PostgreSQL the account row is locked with
 //! `SELECT … FOR UPDATE`, so accounts never wait on each other.
 
+pub mod alerts;
+pub mod allocations;
 pub mod audit;
+pub mod burn;
+pub mod grants;
 pub mod ledger;
 pub mod models;
 pub mod queries;

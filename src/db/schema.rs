@@ -367,7 +367,15 @@ diesel::table! {
         depletion_date -> Nullable<Date>,
         projected_period_micros -> BigInt,
         projected_horizon_micros -> BigInt,
+        horizon_spent_micros -> BigInt,
         computed_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    burn_cursors (account_id) {
+        account_id -> BigInt,
+        last_day -> Date,
     }
 }
 
@@ -443,6 +451,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     grant_period_accounts,
     grant_changes,
     burn_snapshots,
+    burn_cursors,
     burn_runs,
     alerts
 );

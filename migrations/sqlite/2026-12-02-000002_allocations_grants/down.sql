@@ -1,5 +1,6 @@
 DROP TABLE alerts;
 DROP TABLE burn_runs;
+DROP TABLE burn_cursors;
 DROP TABLE burn_snapshots;
 DROP TABLE grant_changes;
 DROP TABLE grant_period_accounts;

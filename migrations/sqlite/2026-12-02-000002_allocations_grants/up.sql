@@ -183,10 +183,17 @@ CREATE TABLE burn_snapshots (
     depletion_date            DATE   NULL,
     projected_period_micros   BIGINT NOT NULL,
     projected_horizon_micros  BIGINT NOT NULL,
+    horizon_spent_micros      BIGINT NOT NULL,
     computed_at               TIMESTAMP NOT NULL,
     PRIMARY KEY (account_id, day)
 );
 CREATE INDEX burn_snapshots_day ON burn_snapshots (day);
+
+-- The last complete day each account's snapshots reach.
+CREATE TABLE burn_cursors (
+    account_id BIGINT NOT NULL PRIMARY KEY REFERENCES accounts (id),
+    last_day   DATE   NOT NULL
+);
 
 -- Each run of `asbb burn-rate compute`: the journal id it had seen, so entries booked later
 -- with an earlier effective time (backfills) make the next run recompute from their day.
