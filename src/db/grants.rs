@@ -454,7 +454,7 @@ pub fn create(conn: &mut DbConn, ctx: &OpContext, g: &NewGrant) -> Result<GrantR
     })
 }
 
-fn load_by_id(conn: &mut DbConn, id: i64) -> Result<GrantRecord, LedgerError> {
+pub(crate) fn load_by_id(conn: &mut DbConn, id: i64) -> Result<GrantRecord, LedgerError> {
     Ok(grants::table
         .find(id)
         .select(GrantRow::as_select())
@@ -513,18 +513,6 @@ pub fn period_accounts(conn: &mut DbConn, grant_id: i64) -> Result<Vec<PeriodAcc
         .load(conn)?)
 }
 
-/// An account's per-period rows (of every grant), in order.
-pub(crate) fn account_period_rows(
-    conn: &mut DbConn,
-    account_id: i64,
-) -> Result<Vec<PeriodAccountRow>, LedgerError> {
-    Ok(grant_period_accounts::table
-        .filter(grant_period_accounts::account_id.eq(account_id))
-        .order((grant_period_accounts::grant_id, grant_period_accounts::period))
-        .select(PeriodAccountRow::as_select())
-        .load(conn)?)
-}
-
 /// A grant's links (current and past).
 pub fn links(conn: &mut DbConn, grant_id: i64) -> Result<Vec<LinkRecord>, LedgerError> {
     let rows: Vec<(i64, String, String, chrono::NaiveDateTime, Option<chrono::NaiveDateTime>)> =
@@ -560,21 +548,6 @@ pub fn grant_of_account(conn: &mut DbConn, account_id: i64) -> Result<Option<i64
         .select(grant_links::grant_id)
         .first(conn)
         .optional()?)
-}
-
-/// The link of an account (current or the latest), with its grant.
-pub(crate) fn link_of_account(
-    conn: &mut DbConn,
-    account_id: i64,
-) -> Result<Option<(GrantRecord, LinkRecord)>, LedgerError> {
-    let Some(grant_id) = grant_of_account(conn, account_id)? else {
-        return Ok(None);
-    };
-    let g = load_by_id(conn, grant_id)?;
-    let l = links(conn, grant_id)?
-        .into_iter()
-        .find(|l| l.account_id == account_id && l.unlinked_at.is_none());
-    Ok(l.map(|l| (g, l)))
 }
 
 /// Links an account to a grant with a share of every period's budget, and credits its share of

@@ -13,11 +13,12 @@
 //!   period, and any other budget (initial budget, deposits, adjustments) over the account's
 //!   whole active period. Expected spend between two instants is the sum over the spans of
 //!   `amount × overlap ÷ span length`.
-//! - **Window**: the last N days before `as_of` (`--period`, default 30 days). Only the part of
-//!   the window inside the horizon (when spending is planned) counts: `active days`.
+//! - **Window**: the N whole days before `as_of`'s day plus that day so far (`--period`,
+//!   default 30 days; exactly N days at midnight). Only the part of the window inside the
+//!   horizon (when spending is planned) counts: `active days`.
 //! - **Daily rate** = window spend ÷ active days; **expected daily rate** = window expected ÷
 //!   active days; the **rolling 7- and 30-day rates** are the spend of the last 7 (30) days ÷ 7
-//!   (30).
+//!   (30), with the same whole-day windows.
 //! - **Variance %** = (window spend − window expected) ÷ window expected × 100, rounded to two
 //!   decimals. Undefined (no verdict) while the window holds fewer than `min_active_days` of
 //!   the horizon, or when nothing was expected and nothing spent.
@@ -130,6 +131,10 @@ pub struct BurnInputs {
     pub spent_7d: UsdMicros,
     /// Spend in the last 30 days.
     pub spent_30d: UsdMicros,
+    /// The span of the 7-day figure (7 days, plus the part of `as_of`'s day that has passed).
+    pub span_7d: Duration,
+    /// The span of the 30-day figure.
+    pub span_30d: Duration,
     /// The budget period: a grant's current period, else the account's active period.
     pub period: Span,
     /// Money for the period.
@@ -479,8 +484,8 @@ pub fn analyse(i: &BurnInputs, th: &BurnThresholds) -> BurnFigures {
         window_expected: round_micros(window_expected_exact),
         daily_rate: per_day(spent, active_days),
         expected_daily_rate: per_day(window_expected_exact, active_days),
-        rate_7d: per_day(Decimal::from(i.spent_7d.micros()), Decimal::from(7)),
-        rate_30d: per_day(Decimal::from(i.spent_30d.micros()), Decimal::from(30)),
+        rate_7d: per_day(Decimal::from(i.spent_7d.micros()), days(i.span_7d)),
+        rate_30d: per_day(Decimal::from(i.spent_30d.micros()), days(i.span_30d)),
         variance_percent,
         status,
         health,
@@ -618,6 +623,8 @@ mod tests {
             window_spent: usd("4692.90"),
             spent_7d: usd("1100"),
             spent_30d: usd("4692.90"),
+            span_7d: Duration::days(7),
+            span_30d: Duration::days(30),
             period: year,
             period_budget: usd("45625"),
             period_spent: usd("20000"),
@@ -710,6 +717,8 @@ mod tests {
             window_spent: usd("90"),
             spent_7d: usd("21"),
             spent_30d: usd("90"),
+            span_7d: Duration::days(7),
+            span_30d: Duration::days(30),
             period: span,
             period_budget: usd("1200"),
             period_spent: usd("190"),
