@@ -55,6 +55,8 @@ pub struct Context {
     pub active: Span,
     /// Status.
     pub status: String,
+    /// Overdraft limit.
+    pub overdraft: UsdMicros,
     /// Credited allocations: (effective, span end, amount).
     pub alloc_credits: Vec<(DateTime<Utc>, DateTime<Utc>, UsdMicros)>,
     /// Allocations still to come from active schedules: (due, amount).
@@ -265,6 +267,7 @@ struct AccountLite {
     starts_at: chrono::NaiveDateTime,
     ends_at: chrono::NaiveDateTime,
     status: String,
+    overdraft_micros: i64,
 }
 
 /// Loads the contexts of the given accounts (all when `None`), in bulk.
@@ -276,6 +279,7 @@ pub fn contexts(conn: &mut DbConn, only: Option<&[i64]>) -> Result<Vec<Context>,
             accounts::starts_at,
             accounts::ends_at,
             accounts::status,
+            accounts::overdraft_micros,
         ))
         .order(accounts::id)
         .into_boxed();
@@ -368,6 +372,7 @@ pub fn contexts(conn: &mut DbConn, only: Option<&[i64]>) -> Result<Vec<Context>,
                 end: from_naive(a.ends_at),
             },
             status: a.status,
+            overdraft: UsdMicros::from_stored(a.overdraft_micros),
             alloc_credits,
             alloc_planned,
             grant,
