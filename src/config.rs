@@ -648,10 +648,22 @@ impl Config {
         }
         for (key, v) in [
             ("burn.on_track_percent", &self.burn.on_track_percent),
-            ("alerts.variance_warning_percent", &self.alerts.variance_warning_percent),
-            ("alerts.variance_critical_percent", &self.alerts.variance_critical_percent),
-            ("alerts.utilisation_warning_percent", &self.alerts.utilisation_warning_percent),
-            ("alerts.utilisation_critical_percent", &self.alerts.utilisation_critical_percent),
+            (
+                "alerts.variance_warning_percent",
+                &self.alerts.variance_warning_percent,
+            ),
+            (
+                "alerts.variance_critical_percent",
+                &self.alerts.variance_critical_percent,
+            ),
+            (
+                "alerts.utilisation_warning_percent",
+                &self.alerts.utilisation_warning_percent,
+            ),
+            (
+                "alerts.utilisation_critical_percent",
+                &self.alerts.utilisation_critical_percent,
+            ),
         ] {
             match Decimal::from_str(v.trim()) {
                 Ok(d) if d >= Decimal::ZERO && d <= Decimal::from(10_000) => {}
@@ -659,10 +671,16 @@ impl Config {
             }
         }
         if !(1..=365).contains(&self.burn.min_active_days) {
-            bad("burn.min_active_days", format!("{} is outside 1..=365", self.burn.min_active_days));
+            bad(
+                "burn.min_active_days",
+                format!("{} is outside 1..=365", self.burn.min_active_days),
+            );
         }
         if !(1..=3650).contains(&self.burn.critical_days) {
-            bad("burn.critical_days", format!("{} is outside 1..=3650", self.burn.critical_days));
+            bad(
+                "burn.critical_days",
+                format!("{} is outside 1..=3650", self.burn.critical_days),
+            );
         }
         for (key, v) in [
             ("alerts.health_warning", self.alerts.health_warning),
@@ -673,16 +691,25 @@ impl Config {
             }
         }
         if self.alerts.health_critical > self.alerts.health_warning {
-            bad("alerts.health_critical", "must not be above alerts.health_warning".into());
+            bad(
+                "alerts.health_critical",
+                "must not be above alerts.health_warning".into(),
+            );
         }
         if !(1..=3650).contains(&self.alerts.ending_within_days) {
-            bad("alerts.ending_within_days", format!("{} is outside 1..=3650", self.alerts.ending_within_days));
+            bad(
+                "alerts.ending_within_days",
+                format!("{} is outside 1..=3650", self.alerts.ending_within_days),
+            );
         }
         if let Err(e) = parse_span(&self.alerts.notify_timeout) {
             bad("alerts.notify_timeout", e.to_string());
         }
         if !(1..=1000).contains(&self.alerts.notify_max_attempts) {
-            bad("alerts.notify_max_attempts", format!("{} is outside 1..=1000", self.alerts.notify_max_attempts));
+            bad(
+                "alerts.notify_max_attempts",
+                format!("{} is outside 1..=1000", self.alerts.notify_max_attempts),
+            );
         }
         out
     }
@@ -690,7 +717,8 @@ impl Config {
     /// The burn-rate thresholds from `[burn]` (validated at load).
     pub fn burn_thresholds(&self) -> crate::domain::burn::BurnThresholds {
         crate::domain::burn::BurnThresholds {
-            on_track_percent: Decimal::from_str(self.burn.on_track_percent.trim()).unwrap_or(Decimal::from(20)),
+            on_track_percent: Decimal::from_str(self.burn.on_track_percent.trim())
+                .unwrap_or(Decimal::from(20)),
             min_active_days: Decimal::from(self.burn.min_active_days),
             critical_days: self.burn.critical_days as i64,
         }

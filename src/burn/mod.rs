@@ -52,7 +52,11 @@ pub fn evaluate(
     th: &AlertThresholds,
 ) -> Vec<NewAlert> {
     let mut out = Vec::new();
-    let mut push = |kind: &'static str, severity: &'static str, message: String, value: String, threshold: String| {
+    let mut push = |kind: &'static str,
+                    severity: &'static str,
+                    message: String,
+                    value: String,
+                    threshold: String| {
         out.push(NewAlert {
             dedup_key: format!("{kind}:{subject_kind}:{subject}:{severity}"),
             kind,
@@ -99,17 +103,61 @@ pub fn evaluate(
     }
     let health = f.health;
     if health < th.health_critical {
-        push("health_low", "critical", format!("{subject_kind} '{subject}' health score {health} ({})", f.band), health.to_string(), format!("< {}", th.health_critical));
+        push(
+            "health_low",
+            "critical",
+            format!(
+                "{subject_kind} '{subject}' health score {health} ({})",
+                f.band
+            ),
+            health.to_string(),
+            format!("< {}", th.health_critical),
+        );
     } else if health < th.health_warning {
-        push("health_low", "warning", format!("{subject_kind} '{subject}' health score {health} ({})", f.band), health.to_string(), format!("< {}", th.health_warning));
+        push(
+            "health_low",
+            "warning",
+            format!(
+                "{subject_kind} '{subject}' health score {health} ({})",
+                f.band
+            ),
+            health.to_string(),
+            format!("< {}", th.health_warning),
+        );
     }
     if let Some(u) = f.utilisation_percent {
-        let kind = if subject_kind == "grant" { "period_utilisation" } else { "utilisation" };
-        let what = if subject_kind == "grant" { "current budget period" } else { "budget" };
+        let kind = if subject_kind == "grant" {
+            "period_utilisation"
+        } else {
+            "utilisation"
+        };
+        let what = if subject_kind == "grant" {
+            "current budget period"
+        } else {
+            "budget"
+        };
         if u >= th.utilisation_critical {
-            push(kind, "critical", format!("{subject_kind} '{subject}' has used {} of its {what} (holds included)", pct(u)), pct(u), format!(">= {}", pct(th.utilisation_critical)));
+            push(
+                kind,
+                "critical",
+                format!(
+                    "{subject_kind} '{subject}' has used {} of its {what} (holds included)",
+                    pct(u)
+                ),
+                pct(u),
+                format!(">= {}", pct(th.utilisation_critical)),
+            );
         } else if u >= th.utilisation_warning {
-            push(kind, "warning", format!("{subject_kind} '{subject}' has used {} of its {what} (holds included)", pct(u)), pct(u), format!(">= {}", pct(th.utilisation_warning)));
+            push(
+                kind,
+                "warning",
+                format!(
+                    "{subject_kind} '{subject}' has used {} of its {what} (holds included)",
+                    pct(u)
+                ),
+                pct(u),
+                format!(">= {}", pct(th.utilisation_warning)),
+            );
         }
     }
     if let Some(d) = f.projection.depletion {
@@ -138,7 +186,10 @@ pub fn ending_alerts(g: &GrantBurn, as_of: DateTime<Utc>, th: &AlertThresholds) 
     let number = &g.grant.number;
     if g.grant.status == "active" && as_of < g.grant.end && g.grant.end - as_of <= within {
         out.push(NewAlert {
-            dedup_key: format!("grant_ending:grant:{number}:{}", g.grant.end.format("%Y-%m-%d")),
+            dedup_key: format!(
+                "grant_ending:grant:{number}:{}",
+                g.grant.end.format("%Y-%m-%d")
+            ),
             kind: "grant_ending",
             severity: "warning",
             subject_kind: "grant",
@@ -156,7 +207,12 @@ pub fn ending_alerts(g: &GrantBurn, as_of: DateTime<Utc>, th: &AlertThresholds) 
     }
     if let Some(p) = &g.period {
         let is_last = p.end() >= g.grant.end;
-        if !is_last && g.grant.status == "active" && p.start() <= as_of && as_of < p.end() && p.end() - as_of <= within {
+        if !is_last
+            && g.grant.status == "active"
+            && p.start() <= as_of
+            && as_of < p.end()
+            && p.end() - as_of <= within
+        {
             out.push(NewAlert {
                 dedup_key: format!("period_ending:grant:{number}:p{}", p.number),
                 kind: "period_ending",
@@ -271,12 +327,22 @@ pub fn run_compute(
         for a in &report.current {
             let v = status::status_json(a, as_of, now, None);
             status::write_atomically(dir, &a.context.name, &v).map_err(|e| {
-                LedgerError::invalid("burn.status_dir", format!("failed to write a status file in {}: {e}", dir.display()))
+                LedgerError::invalid(
+                    "burn.status_dir",
+                    format!("failed to write a status file in {}: {e}", dir.display()),
+                )
             })?;
             summary.status_files += 1;
         }
     }
-    summary.alerts = alerts::sync(conn, &EVALUATED_KINDS, Some(&subjects), &current, as_of, now)?;
+    summary.alerts = alerts::sync(
+        conn,
+        &EVALUATED_KINDS,
+        Some(&subjects),
+        &current,
+        as_of,
+        now,
+    )?;
     let (ok, failed) = notify::deliver(conn, cfg, now)?;
     summary.notified = ok;
     summary.notify_failures = failed;

@@ -20,7 +20,8 @@ use crate::domain::time::from_naive;
 
 /// An alert as the hook and the spool receive it.
 pub fn alert_json(a: &AlertRow) -> Value {
-    let t = |n: chrono::NaiveDateTime| from_naive(n).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let t =
+        |n: chrono::NaiveDateTime| from_naive(n).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     json!({
         "id": a.id,
         "kind": a.kind,

@@ -63,11 +63,26 @@ pub fn affordability(
         .and_then(|x| x.checked_add(overdraft))
         .unwrap_or(UsdMicros::ZERO);
     let (affordable, reason, message) = if a.context.status != "active" {
-        (false, Some("account_inactive"), format!("budget account '{}' is {}", a.context.name, a.context.status))
+        (
+            false,
+            Some("account_inactive"),
+            format!(
+                "budget account '{}' is {}",
+                a.context.name, a.context.status
+            ),
+        )
     } else if i.as_of < a.context.active.start {
-        (false, Some("account_inactive"), format!("budget account '{}' has not started", a.context.name))
+        (
+            false,
+            Some("account_inactive"),
+            format!("budget account '{}' has not started", a.context.name),
+        )
     } else if i.as_of >= a.context.active.end {
-        (false, Some("account_expired"), format!("budget account '{}' has ended", a.context.name))
+        (
+            false,
+            Some("account_expired"),
+            format!("budget account '{}' has ended", a.context.name),
+        )
     } else if left < hold {
         (
             false,
@@ -75,7 +90,11 @@ pub fn affordability(
             format!("${left} available; a burst of ${cost} needs a hold of ${hold}"),
         )
     } else {
-        (true, None, format!("${left} available covers a hold of ${hold}"))
+        (
+            true,
+            None,
+            format!("${left} available covers a hold of ${hold}"),
+        )
     };
     let mut after_inputs = i.clone();
     after_inputs.held = i.held.checked_add(cost).unwrap_or(i.held);
@@ -174,8 +193,9 @@ pub fn status_json(
         };
         let days = if a.figures.expected_daily_rate.micros() > 0 {
             Some(
-                (Decimal::from(af.cost.micros()) / Decimal::from(a.figures.expected_daily_rate.micros()))
-                    .round_dp(1),
+                (Decimal::from(af.cost.micros())
+                    / Decimal::from(a.figures.expected_daily_rate.micros()))
+                .round_dp(1),
             )
         } else {
             None

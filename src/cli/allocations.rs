@@ -130,10 +130,16 @@ pub(crate) fn terms(
         .as_deref()
         .ok_or_else(|| CliError::usage("--total-budget", "required with an allocation schedule"))?;
     let amount = t.allocation_amount.as_deref().ok_or_else(|| {
-        CliError::usage("--allocation-amount", "required with an allocation schedule")
+        CliError::usage(
+            "--allocation-amount",
+            "required with an allocation schedule",
+        )
     })?;
     let freq = t.allocation_frequency.as_deref().ok_or_else(|| {
-        CliError::usage("--allocation-frequency", "required with an allocation schedule")
+        CliError::usage(
+            "--allocation-frequency",
+            "required with an allocation schedule",
+        )
     })?;
     let freq: Frequency = freq
         .parse()
@@ -261,7 +267,15 @@ fn print_report(
     )?;
     if let Some(g) = g {
         if !g.transitions.is_empty() {
-            let mut t = table(&["GRANT", "PERIOD", "ACCOUNT", "ACTION", "AMOUNT", "EFFECTIVE", "NOTE"]);
+            let mut t = table(&[
+                "GRANT",
+                "PERIOD",
+                "ACCOUNT",
+                "ACTION",
+                "AMOUNT",
+                "EFFECTIVE",
+                "NOTE",
+            ]);
             for x in &g.transitions {
                 t.add_row(vec![
                     Cell::new(&x.grant),
@@ -280,7 +294,11 @@ fn print_report(
             "grant periods: {} activated, {} closed{}",
             g.activated.len(),
             g.closed.len(),
-            if dry_run { " (dry run: nothing booked)" } else { "" }
+            if dry_run {
+                " (dry run: nothing booked)"
+            } else {
+                ""
+            }
         )?;
     }
     Ok(())
@@ -297,13 +315,20 @@ fn grant_report_json(g: &grants::ProcessReport) -> Value {
     })
 }
 
-pub(crate) fn run(ctx: &Ctx<'_>, cmd: &AllocationsCmd, out: &mut dyn Write) -> Result<i32, CliError> {
+pub(crate) fn run(
+    ctx: &Ctx<'_>,
+    cmd: &AllocationsCmd,
+    out: &mut dyn Write,
+) -> Result<i32, CliError> {
     let mut conn = ctx.conn()?;
     match cmd {
         AllocationsCmd::List(a) => {
             let list = allocations::list(&mut conn, a.account.as_deref())?;
             if ctx.cli.json {
-                print_json(out, &json!(list.iter().map(schedule_json).collect::<Vec<_>>()))?;
+                print_json(
+                    out,
+                    &json!(list.iter().map(schedule_json).collect::<Vec<_>>()),
+                )?;
             } else if list.is_empty() {
                 writeln!(out, "no allocation schedules; add one with `asbb account create --incremental …` or `asbb allocations create`")?;
             } else {
@@ -331,17 +356,47 @@ pub(crate) fn run(ctx: &Ctx<'_>, cmd: &AllocationsCmd, out: &mut dyn Write) -> R
                     &[
                         ("schedule", s.id.to_string()),
                         ("account", s.account.clone()),
-                        ("terms", format!("${} {}, at most ${} in total", s.terms.amount, s.terms.frequency, s.terms.total)),
-                        ("from", format!("{} to {} (last day)", s.terms.start.format("%Y-%m-%d"), (s.terms.end - chrono::Duration::seconds(1)).format("%Y-%m-%d"))),
+                        (
+                            "terms",
+                            format!(
+                                "${} {}, at most ${} in total",
+                                s.terms.amount, s.terms.frequency, s.terms.total
+                            ),
+                        ),
+                        (
+                            "from",
+                            format!(
+                                "{} to {} (last day)",
+                                s.terms.start.format("%Y-%m-%d"),
+                                (s.terms.end - chrono::Duration::seconds(1)).format("%Y-%m-%d")
+                            ),
+                        ),
                         ("status", s.status.clone()),
-                        ("credited", format!("${} in {} period(s); ${} still to come", s.credited, s.credited_count, s.remaining())),
+                        (
+                            "credited",
+                            format!(
+                                "${} in {} period(s); ${} still to come",
+                                s.credited,
+                                s.credited_count,
+                                s.remaining()
+                            ),
+                        ),
                         ("skipped", format!("{} period(s) (paused)", s.skipped_count)),
-                        ("next due", s.next_due.filter(|_| s.status != "finished").map(|d| format!("period {} on {}", s.next_period, d.format("%Y-%m-%d"))).unwrap_or_else(|| "-".into())),
+                        (
+                            "next due",
+                            s.next_due
+                                .filter(|_| s.status != "finished")
+                                .map(|d| {
+                                    format!("period {} on {}", s.next_period, d.format("%Y-%m-%d"))
+                                })
+                                .unwrap_or_else(|| "-".into()),
+                        ),
                     ],
                 )?;
                 if !periods.is_empty() {
                     writeln!(out)?;
-                    let mut t = table(&["PERIOD", "DUE", "OUTCOME", "AMOUNT", "EFFECTIVE", "ENTRY"]);
+                    let mut t =
+                        table(&["PERIOD", "DUE", "OUTCOME", "AMOUNT", "EFFECTIVE", "ENTRY"]);
                     for p in &periods {
                         t.add_row(vec![
                             Cell::new(p.period),
@@ -361,16 +416,28 @@ pub(crate) fn run(ctx: &Ctx<'_>, cmd: &AllocationsCmd, out: &mut dyn Write) -> R
                         p.paused_at.format("%Y-%m-%d %H:%M"),
                         p.paused_by,
                         p.resumed_at
-                            .map(|r| format!(", resumed {}{}", r.format("%Y-%m-%d %H:%M"), if p.catch_up { " with catch-up" } else { "" }))
+                            .map(|r| format!(
+                                ", resumed {}{}",
+                                r.format("%Y-%m-%d %H:%M"),
+                                if p.catch_up { " with catch-up" } else { "" }
+                            ))
                             .unwrap_or_else(|| ", still paused".into()),
-                        if p.reason.is_empty() { String::new() } else { format!(": {}", p.reason) }
+                        if p.reason.is_empty() {
+                            String::new()
+                        } else {
+                            format!(": {}", p.reason)
+                        }
                     )?;
                 }
             }
         }
         AllocationsCmd::Create(a) => {
-            let start = DateInput::parse(&a.start).map_err(|e| CliError::usage("--start", e))?.start();
-            let end = DateInput::parse(&a.end).map_err(|e| CliError::usage("--end", e))?.end_exclusive();
+            let start = DateInput::parse(&a.start)
+                .map_err(|e| CliError::usage("--start", e))?
+                .start();
+            let end = DateInput::parse(&a.end)
+                .map_err(|e| CliError::usage("--end", e))?
+                .end_exclusive();
             let t = terms(&a.terms, start, end)?;
             let op = ctx.op()?;
             let s = allocations::create_schedule(&mut conn, &op, &a.account, &t, &a.description)?;
@@ -435,7 +502,11 @@ pub(crate) fn run(ctx: &Ctx<'_>, cmd: &AllocationsCmd, out: &mut dyn Write) -> R
                 v["periods"] = report.periods.iter().map(outcome_json).collect();
                 print_json(out, &v)?;
             } else {
-                let skipped = report.periods.iter().filter(|p| p.outcome == "skipped").count();
+                let skipped = report
+                    .periods
+                    .iter()
+                    .filter(|p| p.outcome == "skipped")
+                    .count();
                 writeln!(
                     out,
                     "resumed allocation schedule {} of '{}': credited ${} now, {} paused period(s) skipped",

@@ -111,7 +111,12 @@ pub struct AckArgs {
 /// The window of `--period` ending at `t`: whole days (or calendar months) before `t`'s day,
 /// plus that day so far.
 pub(crate) fn window_for(t: DateTime<Utc>, spec: &str) -> Result<Duration, CliError> {
-    let bad = || CliError::usage("--period", format!("'{spec}' is not a window (use 7d, 30d, 90d, 6m or 1y)"));
+    let bad = || {
+        CliError::usage(
+            "--period",
+            format!("'{spec}' is not a window (use 7d, 30d, 90d, 6m or 1y)"),
+        )
+    };
     let start = day_start(t.date_naive());
     let from = match spec.trim() {
         "7d" => start - Duration::days(7),
@@ -187,13 +192,27 @@ pub(crate) fn print_figures(
     indirect: Option<Decimal>,
     projection: bool,
 ) -> Result<(), CliError> {
-    writeln!(out, "Daily Rate: {} (Expected: {})", cents(f.daily_rate), cents(f.expected_daily_rate))?;
+    writeln!(
+        out,
+        "Daily Rate: {} (Expected: {})",
+        cents(f.daily_rate),
+        cents(f.expected_daily_rate)
+    )?;
     match f.variance_percent {
         Some(v) => writeln!(out, "Variance: {} ({})", signed_pct(v), f.status)?,
-        None => writeln!(out, "Variance: n/a ({}; fewer than the minimum days of history in the window)", f.status)?,
+        None => writeln!(
+            out,
+            "Variance: n/a ({}; fewer than the minimum days of history in the window)",
+            f.status
+        )?,
     }
     writeln!(out, "Health Score: {}% ({})", f.health, f.band)?;
-    writeln!(out, "Rolling rates: 7 days {}/day, 30 days {}/day", cents(f.rate_7d), cents(f.rate_30d))?;
+    writeln!(
+        out,
+        "Rolling rates: 7 days {}/day, 30 days {}/day",
+        cents(f.rate_7d),
+        cents(f.rate_30d)
+    )?;
     writeln!(
         out,
         "Period {} to {}: spent {} of {} (expected by now {}){}",
@@ -208,7 +227,13 @@ pub(crate) fn print_figures(
     )?;
     if let Some(rate) = indirect {
         let s = split(i.period_spent, rate);
-        writeln!(out, "  spent direct {} + indirect {} (rate {})", cents(s.direct), cents(s.indirect), rate.normalize())?;
+        writeln!(
+            out,
+            "  spent direct {} + indirect {} (rate {})",
+            cents(s.direct),
+            cents(s.indirect),
+            rate.normalize()
+        )?;
     }
     if projection {
         let p = &f.projection;
@@ -218,7 +243,8 @@ pub(crate) fn print_figures(
             "  Money left {} runs out: {}",
             cents(p.remaining),
             match p.depletion {
-                Some(d) if d < i.period.end => format!("{} (before the period ends)", d.format("%Y-%m-%d")),
+                Some(d) if d < i.period.end =>
+                    format!("{} (before the period ends)", d.format("%Y-%m-%d")),
                 Some(d) => d.format("%Y-%m-%d").to_string(),
                 None => "not at this rate".into(),
             }
@@ -241,7 +267,11 @@ pub(crate) fn print_figures(
         writeln!(
             out,
             "  At {} end ({}): {} of {} ({})",
-            if i.horizon == i.period { "account" } else { "grant" },
+            if i.horizon == i.period {
+                "account"
+            } else {
+                "grant"
+            },
             (i.horizon.end - Duration::seconds(1)).format("%Y-%m-%d"),
             cents(p.horizon_end_spend),
             cents(i.horizon_budget),
@@ -265,7 +295,9 @@ fn alert_json(a: &AlertRow) -> Value {
 }
 
 fn alerts_table(list: &[AlertRow]) -> comfy_table::Table {
-    let mut t = table(&["ID", "RAISED", "SEVERITY", "KIND", "SUBJECT", "STATE", "MESSAGE"]);
+    let mut t = table(&[
+        "ID", "RAISED", "SEVERITY", "KIND", "SUBJECT", "STATE", "MESSAGE",
+    ]);
     for a in list {
         t.add_row(vec![
             Cell::new(a.id),
@@ -284,7 +316,10 @@ fn progress(label: &str) -> ProgressBar {
     let bar = ProgressBar::new(0);
     if std::io::stderr().is_terminal() {
         bar.set_draw_target(ProgressDrawTarget::stderr());
-        bar.set_style(ProgressStyle::with_template("{msg} {bar:30} {pos}/{len} accounts").expect("valid template"));
+        bar.set_style(
+            ProgressStyle::with_template("{msg} {bar:30} {pos}/{len} accounts")
+                .expect("valid template"),
+        );
         bar.set_message(label.to_string());
     } else {
         bar.set_draw_target(ProgressDrawTarget::hidden());
@@ -292,31 +327,39 @@ fn progress(label: &str) -> ProgressBar {
     bar
 }
 
-pub(crate) fn burn_rate(ctx: &Ctx<'_>, a: &BurnRateArgs, out: &mut dyn Write) -> Result<i32, CliError> {
+pub(crate) fn burn_rate(
+    ctx: &Ctx<'_>,
+    a: &BurnRateArgs,
+    out: &mut dyn Write,
+) -> Result<i32, CliError> {
     let cfg = ctx.config()?;
     let mut conn = ctx.conn()?;
     if let Some(BurnRateCmd::Compute) = a.command {
         let op = ctx.op()?;
         let bar = progress("analysing");
-        let s = crate::burn::run_compute(&mut conn, cfg, op.effective_at, ctx.now, &mut |n, total| {
-            bar.set_length(total);
-            bar.set_position(n);
-        })?;
+        let s =
+            crate::burn::run_compute(&mut conn, cfg, op.effective_at, ctx.now, &mut |n, total| {
+                bar.set_length(total);
+                bar.set_position(n);
+            })?;
         bar.finish_and_clear();
         if ctx.cli.json {
-            print_json(out, &json!({
-                "as_of": ts(op.effective_at),
-                "accounts": s.accounts,
-                "grants": s.grants,
-                "snapshot_days_written": s.days_written,
-                "accounts_recomputed": s.recomputed,
-                "status_files": s.status_files,
-                "alerts_raised": s.alerts.raised,
-                "alerts_kept": s.alerts.kept,
-                "alerts_resolved": s.alerts.resolved,
-                "notified": s.notified,
-                "notify_failures": s.notify_failures,
-            }))?;
+            print_json(
+                out,
+                &json!({
+                    "as_of": ts(op.effective_at),
+                    "accounts": s.accounts,
+                    "grants": s.grants,
+                    "snapshot_days_written": s.days_written,
+                    "accounts_recomputed": s.recomputed,
+                    "status_files": s.status_files,
+                    "alerts_raised": s.alerts.raised,
+                    "alerts_kept": s.alerts.kept,
+                    "alerts_resolved": s.alerts.resolved,
+                    "notified": s.notified,
+                    "notify_failures": s.notify_failures,
+                }),
+            )?;
         } else {
             writeln!(
                 out,
@@ -325,10 +368,21 @@ pub(crate) fn burn_rate(ctx: &Ctx<'_>, a: &BurnRateArgs, out: &mut dyn Write) ->
                 s.grants,
                 op.effective_at.format("%Y-%m-%d %H:%M"),
                 s.days_written,
-                if s.recomputed > 0 { format!(" ({} account(s) recomputed after backfilled entries)", s.recomputed) } else { String::new() }
+                if s.recomputed > 0 {
+                    format!(
+                        " ({} account(s) recomputed after backfilled entries)",
+                        s.recomputed
+                    )
+                } else {
+                    String::new()
+                }
             )?;
             if s.status_files > 0 {
-                writeln!(out, "wrote {} budget status file(s) to {}", s.status_files, cfg.burn.status_dir)?;
+                writeln!(
+                    out,
+                    "wrote {} budget status file(s) to {}",
+                    s.status_files, cfg.burn.status_dir
+                )?;
             }
             writeln!(
                 out,
@@ -347,7 +401,9 @@ pub(crate) fn burn_rate(ctx: &Ctx<'_>, a: &BurnRateArgs, out: &mut dyn Write) ->
     let Some(target) = a.target.as_deref() else {
         return Err(CliError {
             code: exit::USAGE,
-            message: "give an account or a grant (`asbb burn-rate ACCOUNT`), or `asbb burn-rate compute`".into(),
+            message:
+                "give an account or a grant (`asbb burn-rate ACCOUNT`), or `asbb burn-rate compute`"
+                    .into(),
         });
     };
     let as_of = ctx.as_of()?;
@@ -363,9 +419,15 @@ pub(crate) fn burn_rate(ctx: &Ctx<'_>, a: &BurnRateArgs, out: &mut dyn Write) ->
     }
     if a.alerts_only {
         let f = if is_account {
-            AlertFilter { account: Some(target.into()), ..Default::default() }
+            AlertFilter {
+                account: Some(target.into()),
+                ..Default::default()
+            }
         } else {
-            AlertFilter { grant: Some(target.into()), ..Default::default() }
+            AlertFilter {
+                grant: Some(target.into()),
+                ..Default::default()
+            }
         };
         let list = alerts::list(&mut conn, &f)?;
         if ctx.cli.json {
@@ -383,7 +445,12 @@ pub(crate) fn burn_rate(ctx: &Ctx<'_>, a: &BurnRateArgs, out: &mut dyn Write) ->
         (b.inputs, b.figures, rate, format!("account '{target}'"))
     } else {
         let b = dburn::grant_burn(&mut conn, target, as_of, window, &th)?;
-        let what = format!("grant {} ({} account(s): {})", target, b.accounts.len(), b.accounts.join(", "));
+        let what = format!(
+            "grant {} ({} account(s): {})",
+            target,
+            b.accounts.len(),
+            b.accounts.join(", ")
+        );
         (b.inputs, b.figures, Some(b.grant.indirect_rate), what)
     };
     if ctx.cli.json {
@@ -392,13 +459,22 @@ pub(crate) fn burn_rate(ctx: &Ctx<'_>, a: &BurnRateArgs, out: &mut dyn Write) ->
         v["target_kind"] = json!(if is_account { "account" } else { "grant" });
         print_json(out, &v)?;
     } else {
-        writeln!(out, "Burn rate of {what} as of {}, window {}", as_of.format("%Y-%m-%d %H:%M"), a.period)?;
+        writeln!(
+            out,
+            "Burn rate of {what} as of {}, window {}",
+            as_of.format("%Y-%m-%d %H:%M"),
+            a.period
+        )?;
         print_figures(out, &inputs, &figures, indirect, a.projection)?;
     }
     Ok(exit::OK)
 }
 
-pub(crate) fn forecast(ctx: &Ctx<'_>, a: &ForecastArgs, out: &mut dyn Write) -> Result<i32, CliError> {
+pub(crate) fn forecast(
+    ctx: &Ctx<'_>,
+    a: &ForecastArgs,
+    out: &mut dyn Write,
+) -> Result<i32, CliError> {
     let cfg = ctx.config()?;
     let mut conn = ctx.conn()?;
     let as_of = ctx.as_of()?;
@@ -414,15 +490,23 @@ pub(crate) fn forecast(ctx: &Ctx<'_>, a: &ForecastArgs, out: &mut dyn Write) -> 
     let mut rows = Vec::new();
     let mut k = 1;
     loop {
-        let Some(next) = day_start(as_of.date_naive()).checked_add_months(Months::new(k)) else { break };
+        let Some(next) = day_start(as_of.date_naive()).checked_add_months(Months::new(k)) else {
+            break;
+        };
         let at = next.min(i.horizon.end);
         if at <= as_of {
             break;
         }
         let spend = crate::domain::burn::round_micros(rate * days(at - as_of));
-        let arriving: i64 = i.future_money.iter().filter(|(t, _)| *t <= at && *t > as_of).map(|(_, m)| m.micros()).sum();
+        let arriving: i64 = i
+            .future_money
+            .iter()
+            .filter(|(t, _)| *t <= at && *t > as_of)
+            .map(|(_, m)| m.micros())
+            .sum();
         let planned = crate::domain::burn::round_micros(i.plan.expected_between(as_of, at));
-        let left = UsdMicros::from_stored(f.projection.remaining.micros() + arriving - spend.micros());
+        let left =
+            UsdMicros::from_stored(f.projection.remaining.micros() + arriving - spend.micros());
         rows.push((at, planned, spend, UsdMicros::from_stored(arriving), left));
         if at >= i.horizon.end || k > 600 {
             break;
@@ -438,11 +522,29 @@ pub(crate) fn forecast(ctx: &Ctx<'_>, a: &ForecastArgs, out: &mut dyn Write) -> 
             .collect();
         print_json(out, &v)?;
     } else {
-        writeln!(out, "Forecast of account '{}' as of {} at the last {} rate", a.account, as_of.format("%Y-%m-%d"), a.period)?;
-        print_figures(out, i, f, b.context.grant.as_ref().map(|g| g.grant.indirect_rate), true)?;
+        writeln!(
+            out,
+            "Forecast of account '{}' as of {} at the last {} rate",
+            a.account,
+            as_of.format("%Y-%m-%d"),
+            a.period
+        )?;
+        print_figures(
+            out,
+            i,
+            f,
+            b.context.grant.as_ref().map(|g| g.grant.indirect_rate),
+            true,
+        )?;
         if !rows.is_empty() {
             writeln!(out)?;
-            let mut t = table(&["UNTIL", "PLANNED SPEND", "PROJECTED SPEND", "MONEY ARRIVING", "MONEY LEFT"]);
+            let mut t = table(&[
+                "UNTIL",
+                "PLANNED SPEND",
+                "PROJECTED SPEND",
+                "MONEY ARRIVING",
+                "MONEY LEFT",
+            ]);
             for (at, planned, spend, arriving, left) in &rows {
                 t.add_row(vec![
                     Cell::new(at.format("%Y-%m-%d").to_string()),
@@ -476,12 +578,26 @@ pub(crate) fn status(ctx: &Ctx<'_>, a: &StatusArgs, out: &mut dyn Write) -> Resu
     if ctx.cli.json {
         print_json(out, &v)?;
     } else {
-        writeln!(out, "Budget status of '{}' as of {}", a.account, as_of.format("%Y-%m-%d %H:%M"))?;
+        writeln!(
+            out,
+            "Budget status of '{}' as of {}",
+            a.account,
+            as_of.format("%Y-%m-%d %H:%M")
+        )?;
         print_figures(out, &b.inputs, &b.figures, None, true)?;
-        writeln!(out, "Recommendation: {}", v["recommendation"]["decision"].as_str().unwrap_or(""))?;
+        writeln!(
+            out,
+            "Recommendation: {}",
+            v["recommendation"]["decision"].as_str().unwrap_or("")
+        )?;
         if let Some(reasons) = v["recommendation"]["reasons"].as_array() {
             for r in reasons {
-                writeln!(out, "  {}: {}", r["code"].as_str().unwrap_or(""), r["message"].as_str().unwrap_or(""))?;
+                writeln!(
+                    out,
+                    "  {}: {}",
+                    r["code"].as_str().unwrap_or(""),
+                    r["message"].as_str().unwrap_or("")
+                )?;
             }
         }
         if let Some(af) = &afford {
@@ -489,7 +605,11 @@ pub(crate) fn status(ctx: &Ctx<'_>, a: &StatusArgs, out: &mut dyn Write) -> Resu
                 out,
                 "A burst of {}: {} ({}); health after {} ({}), risk {}",
                 cents(af.cost),
-                if af.affordable { "affordable" } else { "not affordable" },
+                if af.affordable {
+                    "affordable"
+                } else {
+                    "not affordable"
+                },
                 af.message,
                 af.after.figures.health,
                 af.after.figures.band,
@@ -503,7 +623,11 @@ pub(crate) fn status(ctx: &Ctx<'_>, a: &StatusArgs, out: &mut dyn Write) -> Resu
     })
 }
 
-pub(crate) fn alerts_cmd(ctx: &Ctx<'_>, cmd: &AlertsCmd, out: &mut dyn Write) -> Result<i32, CliError> {
+pub(crate) fn alerts_cmd(
+    ctx: &Ctx<'_>,
+    cmd: &AlertsCmd,
+    out: &mut dyn Write,
+) -> Result<i32, CliError> {
     let mut conn = ctx.conn()?;
     match cmd {
         AlertsCmd::List(a) => {
@@ -530,7 +654,11 @@ pub(crate) fn alerts_cmd(ctx: &Ctx<'_>, cmd: &AlertsCmd, out: &mut dyn Write) ->
             if ctx.cli.json {
                 print_json(out, &alert_json(&r))?;
             } else {
-                writeln!(out, "acknowledged alert {} ({} {}): {}", r.id, r.severity, r.kind, r.message)?;
+                writeln!(
+                    out,
+                    "acknowledged alert {} ({} {}): {}",
+                    r.id, r.severity, r.kind, r.message
+                )?;
             }
         }
     }

@@ -298,8 +298,19 @@ fn period_json(g: &GrantRecord, f: &PeriodFigures) -> Value {
 
 fn periods_table(g: &GrantRecord, figs: &[PeriodFigures]) -> comfy_table::Table {
     let mut t = table(&[
-        "PERIOD", "START", "END", "STATUS", "BUDGET", "DIRECT", "INDIRECT", "CARRY IN", "SPENT",
-        "SPENT DIRECT", "REMAINING", "CARRIED OUT", "EXPIRED",
+        "PERIOD",
+        "START",
+        "END",
+        "STATUS",
+        "BUDGET",
+        "DIRECT",
+        "INDIRECT",
+        "CARRY IN",
+        "SPENT",
+        "SPENT DIRECT",
+        "REMAINING",
+        "CARRIED OUT",
+        "EXPIRED",
     ]);
     for f in figs {
         let p = &f.row;
@@ -339,7 +350,11 @@ fn transitions_line(out: &mut dyn Write, r: &grants::ProcessReport) -> Result<()
             x.action,
             x.amount,
             x.effective_at.format("%Y-%m-%d"),
-            if x.note.is_empty() { String::new() } else { format!(" ({})", x.note) }
+            if x.note.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", x.note)
+            }
         )?;
     }
     Ok(())
@@ -349,7 +364,8 @@ pub(crate) fn run(ctx: &Ctx<'_>, cmd: &GrantCmd, out: &mut dyn Write) -> Result<
     let mut conn = ctx.conn()?;
     match cmd {
         GrantCmd::Create(a) => {
-            let day = |flag: &str, s: &str| DateInput::parse(s).map_err(|e| CliError::usage(flag, e));
+            let day =
+                |flag: &str, s: &str| DateInput::parse(s).map_err(|e| CliError::usage(flag, e));
             let period_budgets = a
                 .period_budgets
                 .as_deref()
@@ -371,7 +387,12 @@ pub(crate) fn run(ctx: &Ctx<'_>, cmd: &GrantCmd, out: &mut dyn Write) -> Result<
                 start: day("--start", &a.start)?.start(),
                 end: day("--end", &a.end)?.end_exclusive(),
                 period_months: a.periods,
-                indirect_rate: parse_indirect_rate(&a.indirect).map_err(|e| CliError::usage("--indirect", e.to_string().trim_start_matches("--indirect: ")))?,
+                indirect_rate: parse_indirect_rate(&a.indirect).map_err(|e| {
+                    CliError::usage(
+                        "--indirect",
+                        e.to_string().trim_start_matches("--indirect: "),
+                    )
+                })?,
                 federal_award_id: a.federal_id.clone(),
                 project_code: a.project_code.clone(),
                 cost_center: a.cost_center.clone(),
@@ -425,7 +446,9 @@ pub(crate) fn run(ctx: &Ctx<'_>, cmd: &GrantCmd, out: &mut dyn Write) -> Result<
             } else if list.is_empty() {
                 writeln!(out, "no grants{}", if a.active { " running" } else { "" })?;
             } else {
-                let mut t = table(&["NUMBER", "AGENCY", "PI", "AMOUNT", "START", "END", "PERIODS", "STATUS"]);
+                let mut t = table(&[
+                    "NUMBER", "AGENCY", "PI", "AMOUNT", "START", "END", "PERIODS", "STATUS",
+                ]);
                 for g in &list {
                     t.add_row(vec![
                         Cell::new(&g.number),
@@ -435,7 +458,15 @@ pub(crate) fn run(ctx: &Ctx<'_>, cmd: &GrantCmd, out: &mut dyn Write) -> Result<
                         Cell::new(g.start.format("%Y-%m-%d").to_string()),
                         Cell::new(last_day(g.end)),
                         Cell::new(format!("{} months", g.period_months)),
-                        Cell::new(if g.is_active_at(as_of) { "active".to_string() } else if g.status == "active" && as_of >= g.end { "ended".into() } else if g.status == "active" { "not started".into() } else { g.status.clone() }),
+                        Cell::new(if g.is_active_at(as_of) {
+                            "active".to_string()
+                        } else if g.status == "active" && as_of >= g.end {
+                            "ended".into()
+                        } else if g.status == "active" {
+                            "not started".into()
+                        } else {
+                            g.status.clone()
+                        }),
                     ]);
                 }
                 print_table(out, &t)?;
@@ -462,13 +493,19 @@ pub(crate) fn run(ctx: &Ctx<'_>, cmd: &GrantCmd, out: &mut dyn Write) -> Result<
             if ctx.cli.json {
                 let mut v = grant_json(&g);
                 v["spent"] = split_json(spent_total, &g);
-                v["remaining"] = split_json(UsdMicros::from_stored(g.amount.micros() - spent_total.micros()), &g);
+                v["remaining"] = split_json(
+                    UsdMicros::from_stored(g.amount.micros() - spent_total.micros()),
+                    &g,
+                );
                 v["periods"] = figs.iter().map(|f| period_json(&g, f)).collect();
                 v["accounts"] = links
                     .iter()
                     .map(|l| json!({"account": l.account, "share_percent": l.share.normalize().to_string(), "linked_at": ts(l.linked_at), "unlinked_at": l.unlinked_at.map(ts)}))
                     .collect();
-                v["burn_rate"] = burn.as_ref().map(|b| super::burn::figures_json(&b.inputs, &b.figures)).unwrap_or(Value::Null);
+                v["burn_rate"] = burn
+                    .as_ref()
+                    .map(|b| super::burn::figures_json(&b.inputs, &b.figures))
+                    .unwrap_or(Value::Null);
                 v["changes"] = grants::changes(&mut conn, g.id)?
                     .iter()
                     .map(|(f, o, n, actor, reason, at)| json!({"field": f, "old_value": o, "new_value": n, "actor": actor, "reason": reason, "changed_at": ts(*at)}))
@@ -485,13 +522,57 @@ pub(crate) fn run(ctx: &Ctx<'_>, cmd: &GrantCmd, out: &mut dyn Write) -> Result<
                         ("program", g.program.clone()),
                         ("PI", g.pi.clone()),
                         ("co-PIs", g.co_pis.join(", ")),
-                        ("institution", format!("{}{}", g.institution, if g.department.is_empty() { String::new() } else { format!(", {}", g.department) })),
+                        (
+                            "institution",
+                            format!(
+                                "{}{}",
+                                g.institution,
+                                if g.department.is_empty() {
+                                    String::new()
+                                } else {
+                                    format!(", {}", g.department)
+                                }
+                            ),
+                        ),
                         ("federal award id", g.federal_award_id.clone()),
-                        ("project code / cost center", format!("{} / {}", g.project_code, g.cost_center)),
-                        ("dates", format!("{} to {} ({} budget periods of {} months)", g.start.format("%Y-%m-%d"), last_day(g.end), figs.len(), g.period_months)),
-                        ("award", format!("${} = direct ${} + indirect ${} (rate {})", g.amount, s.direct, s.indirect, g.indirect_rate.normalize())),
-                        ("spent", format!("${} = direct ${} + indirect ${}", spent_total, sp.direct, sp.indirect)),
-                        ("remaining", format!("${}", UsdMicros::from_stored(g.amount.micros() - spent_total.micros()))),
+                        (
+                            "project code / cost center",
+                            format!("{} / {}", g.project_code, g.cost_center),
+                        ),
+                        (
+                            "dates",
+                            format!(
+                                "{} to {} ({} budget periods of {} months)",
+                                g.start.format("%Y-%m-%d"),
+                                last_day(g.end),
+                                figs.len(),
+                                g.period_months
+                            ),
+                        ),
+                        (
+                            "award",
+                            format!(
+                                "${} = direct ${} + indirect ${} (rate {})",
+                                g.amount,
+                                s.direct,
+                                s.indirect,
+                                g.indirect_rate.normalize()
+                            ),
+                        ),
+                        (
+                            "spent",
+                            format!(
+                                "${} = direct ${} + indirect ${}",
+                                spent_total, sp.direct, sp.indirect
+                            ),
+                        ),
+                        (
+                            "remaining",
+                            format!(
+                                "${}",
+                                UsdMicros::from_stored(g.amount.micros() - spent_total.micros())
+                            ),
+                        ),
                         ("carry-over", g.carry_over.to_string()),
                         ("status", g.status.clone()),
                     ],
@@ -507,13 +588,21 @@ pub(crate) fn run(ctx: &Ctx<'_>, cmd: &GrantCmd, out: &mut dyn Write) -> Result<
                             l.account,
                             l.share.normalize(),
                             l.linked_at.format("%Y-%m-%d"),
-                            l.unlinked_at.map(|u| format!(", unlinked {}", u.format("%Y-%m-%d"))).unwrap_or_default()
+                            l.unlinked_at
+                                .map(|u| format!(", unlinked {}", u.format("%Y-%m-%d")))
+                                .unwrap_or_default()
                         )?;
                     }
                 }
                 if let Some(b) = &burn {
                     writeln!(out)?;
-                    super::burn::print_figures(out, &b.inputs, &b.figures, Some(g.indirect_rate), false)?;
+                    super::burn::print_figures(
+                        out,
+                        &b.inputs,
+                        &b.figures,
+                        Some(g.indirect_rate),
+                        false,
+                    )?;
                 }
             }
         }
@@ -522,10 +611,17 @@ pub(crate) fn run(ctx: &Ctx<'_>, cmd: &GrantCmd, out: &mut dyn Write) -> Result<
             let g = grants::load(&mut conn, &a.number)?;
             let figs = period_figures(&mut conn, &g, as_of)?;
             if ctx.cli.json {
-                print_json(out, &json!(figs.iter().map(|f| period_json(&g, f)).collect::<Vec<_>>()))?;
+                print_json(
+                    out,
+                    &json!(figs.iter().map(|f| period_json(&g, f)).collect::<Vec<_>>()),
+                )?;
             } else {
                 print_table(out, &periods_table(&g, &figs))?;
-                writeln!(out, "amounts are totals; direct = total / (1 + {}), indirect = total - direct", g.indirect_rate.normalize())?;
+                writeln!(
+                    out,
+                    "amounts are totals; direct = total / (1 + {}), indirect = total - direct",
+                    g.indirect_rate.normalize()
+                )?;
             }
         }
         GrantCmd::Update(a) => {
@@ -539,8 +635,21 @@ pub(crate) fn run(ctx: &Ctx<'_>, cmd: &GrantCmd, out: &mut dyn Write) -> Result<
                 federal_award_id: a.federal_id.clone(),
                 project_code: a.project_code.clone(),
                 cost_center: a.cost_center.clone(),
-                indirect_rate: a.indirect.as_deref().map(parse_indirect_rate).transpose().map_err(|e| CliError { code: exit::ERROR, message: e.to_string() })?,
-                carry_over: a.carry_over.as_deref().map(|c| c.parse::<CarryOver>()).transpose().map_err(|e| CliError::usage("--carry-over", e))?,
+                indirect_rate: a
+                    .indirect
+                    .as_deref()
+                    .map(parse_indirect_rate)
+                    .transpose()
+                    .map_err(|e| CliError {
+                        code: exit::ERROR,
+                        message: e.to_string(),
+                    })?,
+                carry_over: a
+                    .carry_over
+                    .as_deref()
+                    .map(|c| c.parse::<CarryOver>())
+                    .transpose()
+                    .map_err(|e| CliError::usage("--carry-over", e))?,
                 period_budget: match (a.period, &a.budget) {
                     (Some(p), Some(b)) => Some((p, super::non_negative_arg("--budget", b)?)),
                     _ => None,
@@ -561,18 +670,37 @@ pub(crate) fn run(ctx: &Ctx<'_>, cmd: &GrantCmd, out: &mut dyn Write) -> Result<
                 v["closed_periods"] = json!(r.closed.iter().map(|(_, p)| p).collect::<Vec<_>>());
                 print_json(out, &v)?;
             } else {
-                writeln!(out, "closed grant {} as of {}; its journal entries and periods are kept", g.number, g.closed_at.map(|t| t.format("%Y-%m-%d").to_string()).unwrap_or_default())?;
+                writeln!(
+                    out,
+                    "closed grant {} as of {}; its journal entries and periods are kept",
+                    g.number,
+                    g.closed_at
+                        .map(|t| t.format("%Y-%m-%d").to_string())
+                        .unwrap_or_default()
+                )?;
                 transitions_line(out, &r)?;
             }
         }
         GrantCmd::Link(a) => {
-            let share = parse_share(&a.share).map_err(|e| CliError { code: exit::ERROR, message: e.to_string() })?;
+            let share = parse_share(&a.share).map_err(|e| CliError {
+                code: exit::ERROR,
+                message: e.to_string(),
+            })?;
             let (g, r) = grants::link(&mut conn, &ctx.op()?, &a.number, &a.account, share)?;
             let acct = crate::db::queries::account(&mut conn, &a.account)?;
             if ctx.cli.json {
-                print_json(out, &json!({"grant": g.number, "account": a.account, "share_percent": share.normalize().to_string(), "budget_available": m(acct.available())}))?;
+                print_json(
+                    out,
+                    &json!({"grant": g.number, "account": a.account, "share_percent": share.normalize().to_string(), "budget_available": m(acct.available())}),
+                )?;
             } else {
-                writeln!(out, "linked budget account '{}' to grant {} with {}% of every budget period", a.account, g.number, share.normalize())?;
+                writeln!(
+                    out,
+                    "linked budget account '{}' to grant {} with {}% of every budget period",
+                    a.account,
+                    g.number,
+                    share.normalize()
+                )?;
                 transitions_line(out, &r)?;
                 if acct.ends_at < g.end {
                     writeln!(out, "note: the account ends on {}, before the grant ({}); extend it with `asbb account update {} --end {}`", last_day(acct.ends_at), last_day(g.end), a.account, last_day(g.end))?;
@@ -582,9 +710,16 @@ pub(crate) fn run(ctx: &Ctx<'_>, cmd: &GrantCmd, out: &mut dyn Write) -> Result<
         GrantCmd::Unlink(a) => {
             let r = grants::unlink(&mut conn, &ctx.op()?, &a.number, &a.account)?;
             if ctx.cli.json {
-                print_json(out, &json!({"grant": a.number, "account": a.account, "unlinked": true}))?;
+                print_json(
+                    out,
+                    &json!({"grant": a.number, "account": a.account, "unlinked": true}),
+                )?;
             } else {
-                writeln!(out, "unlinked budget account '{}' from grant {}", a.account, a.number)?;
+                writeln!(
+                    out,
+                    "unlinked budget account '{}' from grant {}",
+                    a.account, a.number
+                )?;
                 transitions_line(out, &r)?;
             }
         }

@@ -325,7 +325,9 @@ pub fn get(conn: &mut DbConn, id: i64) -> Result<AlertRow, LedgerError> {
         .select(AlertRow::as_select())
         .get_result(conn)
         .optional()?
-        .ok_or_else(|| LedgerError::invalid("ID", format!("no alert {id} (see `asbb alerts list`)")))
+        .ok_or_else(|| {
+            LedgerError::invalid("ID", format!("no alert {id} (see `asbb alerts list`)"))
+        })
 }
 
 /// Acknowledges an alert. Acknowledging again replaces the notes.
@@ -337,7 +339,10 @@ pub fn acknowledge(
     at: DateTime<Utc>,
 ) -> Result<AlertRow, LedgerError> {
     if user.trim().is_empty() {
-        return Err(LedgerError::invalid("--user", "say who acknowledges the alert"));
+        return Err(LedgerError::invalid(
+            "--user",
+            "say who acknowledges the alert",
+        ));
     }
     if notes.len() > super::ledger::TEXT_LEN_MAX {
         return Err(LedgerError::invalid("--notes", "longer than 1000 bytes"));

@@ -221,7 +221,13 @@ pub fn create_incremental_account(
 ) -> Result<(Account, ScheduleRecord, ProcessReport), LedgerError> {
     let (sched, report) = write_transaction(conn, |conn| {
         ledger::create_account(conn, ctx, new)?;
-        let s = create_schedule(conn, ctx, new.name.as_str(), terms, "created with the account")?;
+        let s = create_schedule(
+            conn,
+            ctx,
+            new.name.as_str(),
+            terms,
+            "created with the account",
+        )?;
         let report = process_schedule(conn, ctx, s.id)?;
         Ok::<_, LedgerError>((s, report))
     })?;
@@ -259,48 +265,62 @@ pub fn list(conn: &mut DbConn, account: Option<&str>) -> Result<Vec<ScheduleReco
 
 /// The decided periods of a schedule, oldest first.
 pub fn periods(conn: &mut DbConn, id: i64) -> Result<Vec<PeriodRecord>, LedgerError> {
-    let rows: Vec<(i64, chrono::NaiveDateTime, String, i64, Option<i64>, chrono::NaiveDateTime, String)> =
-        allocation_periods::table
-            .filter(allocation_periods::schedule_id.eq(id))
-            .order(allocation_periods::period)
-            .select((
-                allocation_periods::period,
-                allocation_periods::due_at,
-                allocation_periods::outcome,
-                allocation_periods::amount_micros,
-                allocation_periods::entry_id,
-                allocation_periods::effective_at,
-                allocation_periods::reason,
-            ))
-            .load(conn)?;
+    let rows: Vec<(
+        i64,
+        chrono::NaiveDateTime,
+        String,
+        i64,
+        Option<i64>,
+        chrono::NaiveDateTime,
+        String,
+    )> = allocation_periods::table
+        .filter(allocation_periods::schedule_id.eq(id))
+        .order(allocation_periods::period)
+        .select((
+            allocation_periods::period,
+            allocation_periods::due_at,
+            allocation_periods::outcome,
+            allocation_periods::amount_micros,
+            allocation_periods::entry_id,
+            allocation_periods::effective_at,
+            allocation_periods::reason,
+        ))
+        .load(conn)?;
     Ok(rows
         .into_iter()
-        .map(|(period, due, outcome, amount, entry_id, eff, reason)| PeriodRecord {
-            period,
-            due_at: from_naive(due),
-            outcome,
-            amount: UsdMicros::from_stored(amount),
-            entry_id,
-            effective_at: from_naive(eff),
-            reason,
-        })
+        .map(
+            |(period, due, outcome, amount, entry_id, eff, reason)| PeriodRecord {
+                period,
+                due_at: from_naive(due),
+                outcome,
+                amount: UsdMicros::from_stored(amount),
+                entry_id,
+                effective_at: from_naive(eff),
+                reason,
+            },
+        )
         .collect())
 }
 
 /// The pauses of a schedule, oldest first.
 pub fn pauses(conn: &mut DbConn, id: i64) -> Result<Vec<PauseRecord>, LedgerError> {
-    let rows: Vec<(chrono::NaiveDateTime, Option<chrono::NaiveDateTime>, bool, String, String)> =
-        allocation_pauses::table
-            .filter(allocation_pauses::schedule_id.eq(id))
-            .order(allocation_pauses::id)
-            .select((
-                allocation_pauses::paused_at,
-                allocation_pauses::resumed_at,
-                allocation_pauses::catch_up,
-                allocation_pauses::paused_by,
-                allocation_pauses::reason,
-            ))
-            .load(conn)?;
+    let rows: Vec<(
+        chrono::NaiveDateTime,
+        Option<chrono::NaiveDateTime>,
+        bool,
+        String,
+        String,
+    )> = allocation_pauses::table
+        .filter(allocation_pauses::schedule_id.eq(id))
+        .order(allocation_pauses::id)
+        .select((
+            allocation_pauses::paused_at,
+            allocation_pauses::resumed_at,
+            allocation_pauses::catch_up,
+            allocation_pauses::paused_by,
+            allocation_pauses::reason,
+        ))
+        .load(conn)?;
     Ok(rows
         .into_iter()
         .map(|(p, r, c, by, reason)| PauseRecord {
@@ -464,7 +484,10 @@ impl ProcessReport {
 
     /// Periods that failed.
     pub fn failures(&self) -> usize {
-        self.periods.iter().filter(|p| p.outcome == "failed").count()
+        self.periods
+            .iter()
+            .filter(|p| p.outcome == "failed")
+            .count()
     }
 }
 
@@ -554,7 +577,10 @@ fn book(
                 "allocation {period} of schedule {} ({} ${} of ${})",
                 row.id, terms.frequency, terms.amount, terms.total
             ),
-            _ => format!("allocation {period} of schedule {} skipped: schedule paused", row.id),
+            _ => format!(
+                "allocation {period} of schedule {} skipped: schedule paused",
+                row.id
+            ),
         };
         if outcome == "credited" {
             let key = format!("alloc:{}:{period}", row.id);
@@ -597,7 +623,10 @@ fn book(
         last_effective = Some(effective_at);
         report.periods.push(out);
     }
-    if dry_run || (due.actions.is_empty() && !due.finished) || report.periods.last().is_some_and(|p| p.outcome == "failed") {
+    if dry_run
+        || (due.actions.is_empty() && !due.finished)
+        || report.periods.last().is_some_and(|p| p.outcome == "failed")
+    {
         if due.finished && dry_run {
             report.finished.push(row.id);
         }
@@ -666,9 +695,11 @@ pub fn process(
                 .filter(allocation_schedules::status.eq("active"))
                 .filter(allocation_schedules::next_due_at.le(to_naive(ctx.effective_at)))
                 .filter(
-                    allocation_schedules::account_id.gt(after.0).or(allocation_schedules::account_id
-                        .eq(after.0)
-                        .and(allocation_schedules::id.gt(after.1))),
+                    allocation_schedules::account_id.gt(after.0).or(
+                        allocation_schedules::account_id
+                            .eq(after.0)
+                            .and(allocation_schedules::id.gt(after.1)),
+                    ),
                 )
                 .order((allocation_schedules::account_id, allocation_schedules::id))
                 .limit(SCHEDULES_PER_TRANSACTION)

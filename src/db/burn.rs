@@ -239,7 +239,9 @@ impl Context {
             span_7d: window_len(t, 7),
             span_30d: window_len(t, 30),
             period: b.period,
-            period_budget: grant_budget.map(UsdMicros::from_stored).unwrap_or(own_budget),
+            period_budget: grant_budget
+                .map(UsdMicros::from_stored)
+                .unwrap_or(own_budget),
             period_spent: UsdMicros::from_stored(d.period_spent),
             horizon: b.horizon,
             horizon_budget: horizon_budget.unwrap_or(own_budget),
@@ -312,8 +314,15 @@ pub fn contexts(conn: &mut DbConn, only: Option<&[i64]>) -> Result<Vec<Context>,
         .filter(grant_links::unlinked_at.is_null())
         .select((grant_links::account_id, grant_links::grant_id))
         .load(conn)?;
-    let mut grant_cache: HashMap<i64, (GrantRecord, Vec<PeriodRow>, Vec<LinkRecord>, Vec<PeriodAccountRow>)> =
-        HashMap::new();
+    let mut grant_cache: HashMap<
+        i64,
+        (
+            GrantRecord,
+            Vec<PeriodRow>,
+            Vec<LinkRecord>,
+            Vec<PeriodAccountRow>,
+        ),
+    > = HashMap::new();
     let link_of: HashMap<i64, i64> = linked.into_iter().collect();
     let mut out = Vec::with_capacity(accts.len());
     for a in accts {
@@ -325,7 +334,11 @@ pub fn contexts(conn: &mut DbConn, only: Option<&[i64]>) -> Result<Vec<Context>,
             for (period, amount, eff) in credits_of.get(&s.id).map(Vec::as_slice).unwrap_or(&[]) {
                 let k = u32::try_from(period - 1).unwrap_or(0);
                 let start = from_naive(*eff);
-                alloc_credits.push((start, terms.span_end(k).max(start), UsdMicros::from_stored(*amount)));
+                alloc_credits.push((
+                    start,
+                    terms.span_end(k).max(start),
+                    UsdMicros::from_stored(*amount),
+                ));
                 done += amount;
             }
             if s.status == "active" {
@@ -359,7 +372,11 @@ pub fn contexts(conn: &mut DbConn, only: Option<&[i64]>) -> Result<Vec<Context>,
                         grant: g.clone(),
                         link: l.clone(),
                         periods: periods.clone(),
-                        rows: rows.iter().filter(|r| r.account_id == a.id).cloned().collect(),
+                        rows: rows
+                            .iter()
+                            .filter(|r| r.account_id == a.id)
+                            .cloned()
+                            .collect(),
                     })
             }
             None => None,
@@ -433,7 +450,11 @@ fn dynamic_from_rows(rows: &[Row], t: DateTime<Utc>, window: Duration, b: &Bound
     d
 }
 
-fn account_rows(conn: &mut DbConn, id: i64, before: DateTime<Utc>) -> Result<Vec<Row>, LedgerError> {
+fn account_rows(
+    conn: &mut DbConn,
+    id: i64,
+    before: DateTime<Utc>,
+) -> Result<Vec<Row>, LedgerError> {
     Ok(journal::table
         .filter(journal::account_id.eq(id))
         .filter(journal::effective_at.lt(to_naive(before)))
@@ -695,7 +716,7 @@ fn snapshot_row(
         window_expected_micros: f.window_expected.micros(),
         rate_7d_micros: f.rate_7d.micros(),
         rate_30d_micros: f.rate_30d.micros(),
-        variance_percent: f.variance_percent.map(|v| v.to_string()),
+        variance_percent: f.variance_percent.map(|v| format!("{v:.2}")),
         burn_status: f.status.as_str().into(),
         health_score: i64::from(f.health),
         health_band: f.band.as_str().into(),
@@ -722,7 +743,12 @@ struct Sweep {
 impl Sweep {
     /// Sums over the last `n` days of the buffer plus `today`.
     fn last(&self, n: usize, today: i64) -> i64 {
-        self.spends.iter().rev().take(n.saturating_sub(1)).sum::<i64>() + today
+        self.spends
+            .iter()
+            .rev()
+            .take(n.saturating_sub(1))
+            .sum::<i64>()
+            + today
     }
 }
 
@@ -942,8 +968,16 @@ pub fn compute(
                 let b = s.ctx.bounds(hi - Duration::seconds(1));
                 let prev = s.bounds.unwrap_or(b);
                 let mut spent_day = 0i64;
-                let mut period_spent = if prev.period_from == b.period_from { s.d.period_spent } else { 0 };
-                let mut horizon_spent = if prev.horizon_from == b.horizon_from { s.d.horizon_spent } else { 0 };
+                let mut period_spent = if prev.period_from == b.period_from {
+                    s.d.period_spent
+                } else {
+                    0
+                };
+                let mut horizon_spent = if prev.horizon_from == b.horizon_from {
+                    s.d.horizon_spent
+                } else {
+                    0
+                };
                 for (_, at, c, ch, h) in mine.iter().filter(|r| {
                     let t = from_naive(r.1);
                     t >= lo && t < hi
@@ -1005,8 +1039,12 @@ pub fn compute(
             }
             for chunk in out.chunks(SNAPSHOT_ROWS_PER_INSERT) {
                 match conn {
-                    DbConn::Sqlite(c) => diesel::insert_into(burn_snapshots::table).values(chunk).execute(c)?,
-                    DbConn::Postgres(c) => diesel::insert_into(burn_snapshots::table).values(chunk).execute(c)?,
+                    DbConn::Sqlite(c) => diesel::insert_into(burn_snapshots::table)
+                        .values(chunk)
+                        .execute(c)?,
+                    DbConn::Postgres(c) => diesel::insert_into(burn_snapshots::table)
+                        .values(chunk)
+                        .execute(c)?,
                 };
             }
             for chunk in cursor_updates.chunks(500) {
@@ -1015,11 +1053,20 @@ pub fn compute(
                     .execute(conn)?;
                 let rows: Vec<_> = chunk
                     .iter()
-                    .map(|(a, d)| (burn_cursors::account_id.eq(*a), burn_cursors::last_day.eq(*d)))
+                    .map(|(a, d)| {
+                        (
+                            burn_cursors::account_id.eq(*a),
+                            burn_cursors::last_day.eq(*d),
+                        )
+                    })
                     .collect();
                 match conn {
-                    DbConn::Sqlite(c) => diesel::insert_into(burn_cursors::table).values(&rows).execute(c)?,
-                    DbConn::Postgres(c) => diesel::insert_into(burn_cursors::table).values(&rows).execute(c)?,
+                    DbConn::Sqlite(c) => diesel::insert_into(burn_cursors::table)
+                        .values(&rows)
+                        .execute(c)?,
+                    DbConn::Postgres(c) => diesel::insert_into(burn_cursors::table)
+                        .values(&rows)
+                        .execute(c)?,
                 };
             }
             Ok(())
@@ -1055,7 +1102,11 @@ pub fn compute(
         if prev.horizon_from != b.horizon_from {
             d.horizon_spent = 0;
         }
-        for (_, at, c, ch, h) in today_of.get(&s.ctx.account_id).map(Vec::as_slice).unwrap_or(&[]) {
+        for (_, at, c, ch, h) in today_of
+            .get(&s.ctx.account_id)
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+        {
             let at = from_naive(*at);
             d.credited += c;
             d.charged += ch;

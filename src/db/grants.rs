@@ -335,14 +335,21 @@ fn check_text(field: &'static str, text: &str) -> Result<(), LedgerError> {
     if text.len() > ledger::TEXT_LEN_MAX || text.chars().any(|c| c.is_control()) {
         return Err(LedgerError::invalid(
             field,
-            format!("must be at most {} bytes without control characters", ledger::TEXT_LEN_MAX),
+            format!(
+                "must be at most {} bytes without control characters",
+                ledger::TEXT_LEN_MAX
+            ),
         ));
     }
     Ok(())
 }
 
 /// Creates a grant and its budget periods, then books what is due as of `ctx.effective_at`.
-pub fn create(conn: &mut DbConn, ctx: &OpContext, g: &NewGrant) -> Result<GrantRecord, LedgerError> {
+pub fn create(
+    conn: &mut DbConn,
+    ctx: &OpContext,
+    g: &NewGrant,
+) -> Result<GrantRecord, LedgerError> {
     check_number(&g.number)?;
     for (field, v) in [
         ("--agency", &g.agency),
@@ -363,7 +370,10 @@ pub fn create(conn: &mut DbConn, ctx: &OpContext, g: &NewGrant) -> Result<GrantR
         return Err(LedgerError::invalid("--agency", "name the funding agency"));
     }
     if g.pi.trim().is_empty() {
-        return Err(LedgerError::invalid("--pi", "name the principal investigator"));
+        return Err(LedgerError::invalid(
+            "--pi",
+            "name the principal investigator",
+        ));
     }
     g.amount
         .positive()
@@ -446,8 +456,12 @@ pub fn create(conn: &mut DbConn, ctx: &OpContext, g: &NewGrant) -> Result<GrantR
             .collect();
         for chunk in rows.chunks(200) {
             match conn {
-                DbConn::Sqlite(c) => diesel::insert_into(grant_periods::table).values(chunk).execute(c)?,
-                DbConn::Postgres(c) => diesel::insert_into(grant_periods::table).values(chunk).execute(c)?,
+                DbConn::Sqlite(c) => diesel::insert_into(grant_periods::table)
+                    .values(chunk)
+                    .execute(c)?,
+                DbConn::Postgres(c) => diesel::insert_into(grant_periods::table)
+                    .values(chunk)
+                    .execute(c)?,
             };
         }
         load_by_id(conn, id)
@@ -483,7 +497,10 @@ pub fn exists(conn: &mut DbConn, number: &str) -> Result<bool, LedgerError> {
 }
 
 /// Every grant, by number; with `active_at`, only those running then.
-pub fn list(conn: &mut DbConn, active_at: Option<DateTime<Utc>>) -> Result<Vec<GrantRecord>, LedgerError> {
+pub fn list(
+    conn: &mut DbConn,
+    active_at: Option<DateTime<Utc>>,
+) -> Result<Vec<GrantRecord>, LedgerError> {
     let rows: Vec<GrantRow> = grants::table
         .order(grants::number)
         .select(GrantRow::as_select())
@@ -505,29 +522,40 @@ pub fn period_rows(conn: &mut DbConn, grant_id: i64) -> Result<Vec<PeriodRow>, L
 }
 
 /// A grant's per-account period rows.
-pub fn period_accounts(conn: &mut DbConn, grant_id: i64) -> Result<Vec<PeriodAccountRow>, LedgerError> {
+pub fn period_accounts(
+    conn: &mut DbConn,
+    grant_id: i64,
+) -> Result<Vec<PeriodAccountRow>, LedgerError> {
     Ok(grant_period_accounts::table
         .filter(grant_period_accounts::grant_id.eq(grant_id))
-        .order((grant_period_accounts::period, grant_period_accounts::account_id))
+        .order((
+            grant_period_accounts::period,
+            grant_period_accounts::account_id,
+        ))
         .select(PeriodAccountRow::as_select())
         .load(conn)?)
 }
 
 /// A grant's links (current and past).
 pub fn links(conn: &mut DbConn, grant_id: i64) -> Result<Vec<LinkRecord>, LedgerError> {
-    let rows: Vec<(i64, String, String, chrono::NaiveDateTime, Option<chrono::NaiveDateTime>)> =
-        grant_links::table
-            .inner_join(accounts::table)
-            .filter(grant_links::grant_id.eq(grant_id))
-            .order(grant_links::id)
-            .select((
-                grant_links::account_id,
-                accounts::name,
-                grant_links::share_percent,
-                grant_links::linked_at,
-                grant_links::unlinked_at,
-            ))
-            .load(conn)?;
+    let rows: Vec<(
+        i64,
+        String,
+        String,
+        chrono::NaiveDateTime,
+        Option<chrono::NaiveDateTime>,
+    )> = grant_links::table
+        .inner_join(accounts::table)
+        .filter(grant_links::grant_id.eq(grant_id))
+        .order(grant_links::id)
+        .select((
+            grant_links::account_id,
+            accounts::name,
+            grant_links::share_percent,
+            grant_links::linked_at,
+            grant_links::unlinked_at,
+        ))
+        .load(conn)?;
     Ok(rows
         .into_iter()
         .map(|(account_id, account, share, l, u)| LinkRecord {
@@ -562,7 +590,10 @@ pub fn link(
     write_transaction(conn, |conn| {
         let g = load(conn, number)?;
         if g.status != "active" {
-            return Err(LedgerError::invalid("GRANT", format!("grant '{number}' is closed")));
+            return Err(LedgerError::invalid(
+                "GRANT",
+                format!("grant '{number}' is closed"),
+            ));
         }
         if ctx.effective_at >= g.end {
             return Err(LedgerError::invalid(
@@ -642,7 +673,10 @@ pub fn unlink(
             .into_iter()
             .find(|l| l.account_id == account_id && l.unlinked_at.is_none())
             .ok_or_else(|| {
-                LedgerError::invalid("ACCOUNT", format!("budget account '{account}' is not linked to grant '{number}'"))
+                LedgerError::invalid(
+                    "ACCOUNT",
+                    format!("budget account '{account}' is not linked to grant '{number}'"),
+                )
             })?;
         // First book what was due up to now, then close the account's open period at now.
         let mut report = ProcessReport::default();
@@ -654,10 +688,22 @@ pub fn unlink(
         for p in open {
             let rows: Vec<PeriodAccountRow> = period_accounts(conn, g.id)?
                 .into_iter()
-                .filter(|r| r.period == p.number && r.account_id == account_id && r.closed_at.is_none())
+                .filter(|r| {
+                    r.period == p.number && r.account_id == account_id && r.closed_at.is_none()
+                })
                 .collect();
             for r in rows {
-                close_account_period(conn, ctx, &g, &p, &r, ctx.effective_at, true, &link, &mut report)?;
+                close_account_period(
+                    conn,
+                    ctx,
+                    &g,
+                    &p,
+                    &r,
+                    ctx.effective_at,
+                    true,
+                    &link,
+                    &mut report,
+                )?;
             }
         }
         diesel::update(
@@ -746,9 +792,9 @@ pub fn balances_before(
             journal::held_delta_micros,
         ))
         .load(conn)?;
-    let (c, ch, h) = rows
-        .iter()
-        .fold((0i64, 0i64, 0i64), |(a, b, c), r| (a + r.0, b + r.1, c + r.2));
+    let (c, ch, h) = rows.iter().fold((0i64, 0i64, 0i64), |(a, b, c), r| {
+        (a + r.0, b + r.1, c + r.2)
+    });
     Ok(Balances {
         credited: UsdMicros::from_stored(c),
         charged: UsdMicros::from_stored(ch),
@@ -816,20 +862,26 @@ fn close_account_period(
             Err(e) => return Err(e),
         }
     }
-    let expired = if entry_id.is_some() { c.expired } else { UsdMicros::ZERO };
+    let expired = if entry_id.is_some() {
+        c.expired
+    } else {
+        UsdMicros::ZERO
+    };
     let carried = c.left.checked_sub(expired)?;
-    diesel::update(
-        grant_period_accounts::table.find((r.grant_id, r.period, r.account_id)),
-    )
-    .set((
-        grant_period_accounts::spent_micros.eq(Some(spent.micros())),
-        grant_period_accounts::carried_micros.eq(Some(carried.micros())),
-        grant_period_accounts::expired_micros.eq(Some(expired.micros())),
-        grant_period_accounts::expiry_entry_id.eq(entry_id),
-        grant_period_accounts::closed_at.eq(Some(to_naive(at))),
-        grant_period_accounts::note.eq(if note.is_empty() { r.note.clone() } else { note.clone() }),
-    ))
-    .execute(conn)?;
+    diesel::update(grant_period_accounts::table.find((r.grant_id, r.period, r.account_id)))
+        .set((
+            grant_period_accounts::spent_micros.eq(Some(spent.micros())),
+            grant_period_accounts::carried_micros.eq(Some(carried.micros())),
+            grant_period_accounts::expired_micros.eq(Some(expired.micros())),
+            grant_period_accounts::expiry_entry_id.eq(entry_id),
+            grant_period_accounts::closed_at.eq(Some(to_naive(at))),
+            grant_period_accounts::note.eq(if note.is_empty() {
+                r.note.clone()
+            } else {
+                note.clone()
+            }),
+        ))
+        .execute(conn)?;
     report.transitions.push(Transition {
         grant: g.number.clone(),
         period: p.number,
@@ -875,7 +927,10 @@ fn process_one(
     for idx in 0..n {
         let p = rows[idx].clone();
         if p.status == "closed" || p.status == "cancelled" {
-            for r in period_accounts(conn, g.id)?.iter().filter(|r| r.period == p.number) {
+            for r in period_accounts(conn, g.id)?
+                .iter()
+                .filter(|r| r.period == p.number)
+            {
                 carried_by_account.insert(r.account_id, r.carried_micros.unwrap_or(0));
             }
             continue;
@@ -949,7 +1004,11 @@ fn process_one(
                     Err(e) => return Err(e),
                 }
             }
-            let credited = if entry_id.is_some() { amount } else { UsdMicros::ZERO };
+            let credited = if entry_id.is_some() {
+                amount
+            } else {
+                UsdMicros::ZERO
+            };
             diesel::insert_into(grant_period_accounts::table)
                 .values((
                     grant_period_accounts::grant_id.eq(g.id),
@@ -982,7 +1041,8 @@ fn process_one(
                     grant_periods::status.eq("active"),
                     grant_periods::credited_micros.eq(credited_sum),
                     grant_periods::carry_in_micros.eq(carry_sum),
-                    grant_periods::activated_at.eq(Some(p.activated_at.unwrap_or(to_naive(p.start())))),
+                    grant_periods::activated_at
+                        .eq(Some(p.activated_at.unwrap_or(to_naive(p.start())))),
                 ))
                 .execute(conn)?;
             if p.status == "pending" {
@@ -999,7 +1059,10 @@ fn process_one(
             .filter(|r| r.period == p.number && r.closed_at.is_none())
             .collect();
         let (mut spent_sum, mut carried_sum, mut expired_sum) = (0i64, 0i64, 0i64);
-        for r in period_accounts(conn, g.id)?.iter().filter(|r| r.period == p.number && r.closed_at.is_some()) {
+        for r in period_accounts(conn, g.id)?
+            .iter()
+            .filter(|r| r.period == p.number && r.closed_at.is_some())
+        {
             spent_sum += r.spent_micros.unwrap_or(0);
             carried_sum += r.carried_micros.unwrap_or(0);
             expired_sum += r.expired_micros.unwrap_or(0);
@@ -1070,7 +1133,8 @@ pub fn process(
         // One transaction per grant: its periods and accounts move together or not at all.
         write_transaction(conn, |conn| -> Result<(), LedgerError> {
             if let DbConn::Postgres(c) = conn {
-                diesel::sql_query(format!("SELECT pg_advisory_xact_lock({GRANTS_LOCK})")).execute(c)?;
+                diesel::sql_query(format!("SELECT pg_advisory_xact_lock({GRANTS_LOCK})"))
+                    .execute(c)?;
             }
             let g = load_by_id(conn, id)?;
             process_one(conn, ctx, &g, dry_run, &mut report)
@@ -1120,7 +1184,10 @@ pub fn update(
     write_transaction(conn, |conn| {
         let g = load(conn, number)?;
         if g.status == "closed" {
-            return Err(LedgerError::invalid("GRANT", format!("grant '{number}' is closed")));
+            return Err(LedgerError::invalid(
+                "GRANT",
+                format!("grant '{number}' is closed"),
+            ));
         }
         let mut changes: Vec<(&str, String, String)> = Vec::new();
         macro_rules! text {
@@ -1149,12 +1216,18 @@ pub fn update(
             let old = g.co_pis.join("\n");
             if new != old {
                 changes.push(("co_pis", old, new.clone()));
-                diesel::update(grants::table.find(g.id)).set(grants::co_pis.eq(new)).execute(conn)?;
+                diesel::update(grants::table.find(g.id))
+                    .set(grants::co_pis.eq(new))
+                    .execute(conn)?;
             }
         }
         if let Some(r) = u.indirect_rate {
             if r != g.indirect_rate {
-                changes.push(("indirect_rate", g.indirect_rate.to_string(), r.normalize().to_string()));
+                changes.push((
+                    "indirect_rate",
+                    g.indirect_rate.to_string(),
+                    r.normalize().to_string(),
+                ));
                 diesel::update(grants::table.find(g.id))
                     .set(grants::indirect_rate.eq(r.normalize().to_string()))
                     .execute(conn)?;
@@ -1172,7 +1245,9 @@ pub fn update(
             let p = period_rows(conn, g.id)?
                 .into_iter()
                 .find(|p| p.number == n)
-                .ok_or_else(|| LedgerError::invalid("--period", format!("grant '{number}' has no period {n}")))?;
+                .ok_or_else(|| {
+                    LedgerError::invalid("--period", format!("grant '{number}' has no period {n}"))
+                })?;
             if p.status != "pending" {
                 return Err(LedgerError::invalid(
                     "--period",
@@ -1194,7 +1269,11 @@ pub fn update(
             if amount <= 0 {
                 return Err(LedgerError::invalid("--budget", "the award would be zero"));
             }
-            changes.push(("amount", g.amount.to_string(), UsdMicros::from_stored(amount).to_string()));
+            changes.push((
+                "amount",
+                g.amount.to_string(),
+                UsdMicros::from_stored(amount).to_string(),
+            ));
             diesel::update(grants::table.find(g.id))
                 .set(grants::amount_micros.eq(amount))
                 .execute(conn)?;
@@ -1222,8 +1301,18 @@ pub fn update(
 }
 
 /// A recorded change of a grant.
-pub fn changes(conn: &mut DbConn, grant_id: i64) -> Result<Vec<(String, String, String, String, String, DateTime<Utc>)>, LedgerError> {
-    let rows: Vec<(String, String, String, String, String, chrono::NaiveDateTime)> = grant_changes::table
+pub fn changes(
+    conn: &mut DbConn,
+    grant_id: i64,
+) -> Result<Vec<(String, String, String, String, String, DateTime<Utc>)>, LedgerError> {
+    let rows: Vec<(
+        String,
+        String,
+        String,
+        String,
+        String,
+        chrono::NaiveDateTime,
+    )> = grant_changes::table
         .filter(grant_changes::grant_id.eq(grant_id))
         .order(grant_changes::id)
         .select((
@@ -1268,14 +1357,28 @@ pub fn close(
                         .filter(|r| r.period == p.number && r.closed_at.is_none())
                         .collect();
                     let (mut s, mut c, mut e) = (0i64, 0i64, 0i64);
-                    for r in period_accounts(conn, g.id)?.iter().filter(|r| r.period == p.number && r.closed_at.is_some()) {
+                    for r in period_accounts(conn, g.id)?
+                        .iter()
+                        .filter(|r| r.period == p.number && r.closed_at.is_some())
+                    {
                         s += r.spent_micros.unwrap_or(0);
                         c += r.carried_micros.unwrap_or(0);
                         e += r.expired_micros.unwrap_or(0);
                     }
                     for r in &open {
-                        if let Some(link) = all_links.iter().find(|l| l.account_id == r.account_id) {
-                            let (sp, ca, ex) = close_account_period(conn, ctx, &g, &p, r, at, true, link, &mut report)?;
+                        if let Some(link) = all_links.iter().find(|l| l.account_id == r.account_id)
+                        {
+                            let (sp, ca, ex) = close_account_period(
+                                conn,
+                                ctx,
+                                &g,
+                                &p,
+                                r,
+                                at,
+                                true,
+                                link,
+                                &mut report,
+                            )?;
                             s += sp.micros();
                             c += ca.micros();
                             e += ex.micros();
@@ -1300,12 +1403,16 @@ pub fn close(
                 _ => {}
             }
         }
-        diesel::update(grant_links::table.filter(grant_links::grant_id.eq(g.id)).filter(grant_links::unlinked_at.is_null()))
-            .set((
-                grant_links::unlinked_at.eq(Some(to_naive(at))),
-                grant_links::unlinked_by.eq(Some(&ctx.actor)),
-            ))
-            .execute(conn)?;
+        diesel::update(
+            grant_links::table
+                .filter(grant_links::grant_id.eq(g.id))
+                .filter(grant_links::unlinked_at.is_null()),
+        )
+        .set((
+            grant_links::unlinked_at.eq(Some(to_naive(at))),
+            grant_links::unlinked_by.eq(Some(&ctx.actor)),
+        ))
+        .execute(conn)?;
         diesel::update(grants::table.find(g.id))
             .set((
                 grants::status.eq("closed"),
