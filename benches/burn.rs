@@ -45,7 +45,11 @@ use diesel::prelude::*;
 
 fn env_num(name: &str, default: u64) -> Result<u64> {
     match std::env::var(name) {
-        Ok(v) if !v.trim().is_empty() => v.trim().replace('_', "").parse().with_context(|| format!("{name}={v}")),
+        Ok(v) if !v.trim().is_empty() => v
+            .trim()
+            .replace('_', "")
+            .parse()
+            .with_context(|| format!("{name}={v}")),
         _ => Ok(default),
     }
 }
@@ -53,7 +57,11 @@ fn env_num(name: &str, default: u64) -> Result<u64> {
 fn peak_kb() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
         .unwrap_or(0)
 }
 
@@ -76,16 +84,26 @@ fn setup(conn: &mut DbConn, accounts: usize, days: i64, every: i64) -> Result<()
         write_transaction(conn, |conn| -> Result<()> {
             for i in chunk {
                 let name = format!("acct-{i:05}");
-                ledger::create_account(conn, &ctx, &NewAccount {
-                    name: AccountName::new(&name)?,
-                    display_name: name.clone(),
-                    description: String::new(),
-                    starts_at: t0,
-                    ends_at: end,
-                    overdraft: UsdMicros::ZERO,
-                    budget: UsdMicros::ZERO,
-                })?;
-                let terms = Schedule::new(t0, end, UsdMicros::from_usd(300)?, UsdMicros::from_usd(1_000_000)?, Frequency::Monthly)?;
+                ledger::create_account(
+                    conn,
+                    &ctx,
+                    &NewAccount {
+                        name: AccountName::new(&name)?,
+                        display_name: name.clone(),
+                        description: String::new(),
+                        starts_at: t0,
+                        ends_at: end,
+                        overdraft: UsdMicros::ZERO,
+                        budget: UsdMicros::ZERO,
+                    },
+                )?;
+                let terms = Schedule::new(
+                    t0,
+                    end,
+                    UsdMicros::from_usd(300)?,
+                    UsdMicros::from_usd(1_000_000)?,
+                    Frequency::Monthly,
+                )?;
                 allocations::create_schedule(conn, &ctx, &name, &terms, "")?;
             }
             Ok(())
@@ -109,17 +127,29 @@ fn setup(conn: &mut DbConn, accounts: usize, days: i64, every: i64) -> Result<()
                 let name = format!("acct-{i:05}");
                 let key = format!("bench:{i}:{d}");
                 let at = t0 + Duration::days(*d) + Duration::hours(9);
-                ledger::charge_without_hold(conn, &OpContext::at("bench", at), &ChargeUnmatched {
-                    account: &name,
-                    amount: UsdMicros::from_micros(((*i as i64 % 17) + 3) * 1_000_000)?,
-                    partition: None, cluster: None, job_id: None, user_name: None,
-                    reason: "", key: &key,
-                })?;
+                ledger::charge_without_hold(
+                    conn,
+                    &OpContext::at("bench", at),
+                    &ChargeUnmatched {
+                        account: &name,
+                        amount: UsdMicros::from_micros(((*i as i64 % 17) + 3) * 1_000_000)?,
+                        partition: None,
+                        cluster: None,
+                        job_id: None,
+                        user_name: None,
+                        reason: "",
+                        key: &key,
+                    },
+                )?;
             }
             Ok(())
         })?;
     }
-    eprintln!("  {} charges in {:.1} s", jobs.len(), t.elapsed().as_secs_f64());
+    eprintln!(
+        "  {} charges in {:.1} s",
+        jobs.len(),
+        t.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 
@@ -140,10 +170,18 @@ fn run(url: &str, full: bool) -> Result<serde_json::Value> {
     let t0 = start();
     let history_end = t0 + Duration::days(days);
     let t = Instant::now();
-    let r = allocations::process(&mut conn, &OpContext::at("bench", history_end), &ProcessFilter::default(), false)?;
+    let r = allocations::process(
+        &mut conn,
+        &OpContext::at("bench", history_end),
+        &ProcessFilter::default(),
+        false,
+    )?;
     let alloc_catch_up_s = t.elapsed().as_secs_f64();
     let credits_catch_up = r.periods.len();
-    let opts = ComputeOptions { window_days: 30, thresholds: BurnThresholds::default() };
+    let opts = ComputeOptions {
+        window_days: 30,
+        thresholds: BurnThresholds::default(),
+    };
     let t = Instant::now();
     let c = burn::compute(&mut conn, history_end, history_end, &opts, &mut |_, _| {})?;
     let burn_catch_up_s = t.elapsed().as_secs_f64();
@@ -157,20 +195,42 @@ fn run(url: &str, full: bool) -> Result<serde_json::Value> {
         // allocations process for the next month: one credit per account.
         month = month.checked_add_months(chrono::Months::new(1)).unwrap();
         let t = Instant::now();
-        let r = allocations::process(&mut conn, &OpContext::at("bench", month), &ProcessFilter::default(), false)?;
+        let r = allocations::process(
+            &mut conn,
+            &OpContext::at("bench", month),
+            &ProcessFilter::default(),
+            false,
+        )?;
         alloc.push(t.elapsed().as_secs_f64());
         if r.failures() > 0 {
-            bail!("allocations failed: {:?}", r.periods.iter().find(|p| p.error.is_some()));
+            bail!(
+                "allocations failed: {:?}",
+                r.periods.iter().find(|p| p.error.is_some())
+            );
         }
         // Baseline: the same number of plain credits in batches of the same size.
         let t = Instant::now();
         let n = r.periods.len();
-        for chunk in (0..n).collect::<Vec<_>>().chunks(allocations::SCHEDULES_PER_TRANSACTION as usize) {
+        for chunk in (0..n)
+            .collect::<Vec<_>>()
+            .chunks(allocations::SCHEDULES_PER_TRANSACTION as usize)
+        {
             write_transaction(&mut conn, |conn| -> Result<()> {
                 for i in chunk {
                     let name = format!("acct-{:05}", i % accounts);
                     let key = format!("bench-base:{round}:{i}");
-                    ledger::credit(conn, &OpContext::at("bench", month), &MoneyOp { account: &name, amount: UsdMicros::from_usd(1)?, reason: "baseline", key: &key, job_id: None, partition: None })?;
+                    ledger::credit(
+                        conn,
+                        &OpContext::at("bench", month),
+                        &MoneyOp {
+                            account: &name,
+                            amount: UsdMicros::from_usd(1)?,
+                            reason: "baseline",
+                            key: &key,
+                            job_id: None,
+                            partition: None,
+                        },
+                    )?;
                 }
                 Ok(())
             })?;
@@ -184,8 +244,14 @@ fn run(url: &str, full: bool) -> Result<serde_json::Value> {
         // Baseline: a plain scan of the journal rows of the window the run reads.
         let t = Instant::now();
         let rows: Vec<(i64, i64)> = schema::journal::table
-            .filter(schema::journal::effective_at.ge(asbb::domain::time::to_naive(month - Duration::days(31))))
-            .select((schema::journal::account_id, schema::journal::charged_delta_micros))
+            .filter(
+                schema::journal::effective_at
+                    .ge(asbb::domain::time::to_naive(month - Duration::days(31))),
+            )
+            .select((
+                schema::journal::account_id,
+                schema::journal::charged_delta_micros,
+            ))
             .load(&mut conn)?;
         std::hint::black_box(rows.len());
         compute_base.push(t.elapsed().as_secs_f64());
@@ -194,7 +260,12 @@ fn run(url: &str, full: bool) -> Result<serde_json::Value> {
     if !report.is_clean() {
         bail!("audit found {} discrepancies", report.discrepancies.len());
     }
-    let (a, ab, c, cb) = (median(alloc), median(alloc_base), median(compute), median(compute_base));
+    let (a, ab, c, cb) = (
+        median(alloc),
+        median(alloc_base),
+        median(compute),
+        median(compute_base),
+    );
     Ok(serde_json::json!({
         "accounts": accounts, "days": days, "charge_every_days": every, "journal_entries": report.entries,
         "setup_s": setup_s,
@@ -208,9 +279,15 @@ fn run(url: &str, full: bool) -> Result<serde_json::Value> {
 
 fn main() -> Result<()> {
     let full = std::env::args().any(|a| a == "--bench");
-    let pg = std::env::var("ASBB_TEST_POSTGRES_URL").ok().filter(|u| !u.trim().is_empty());
+    let pg = std::env::var("ASBB_TEST_POSTGRES_URL")
+        .ok()
+        .filter(|u| !u.trim().is_empty());
     let backends = std::env::var("ASBB_BENCH_BACKENDS").unwrap_or_else(|_| {
-        if full && pg.is_some() { "sqlite,postgres".into() } else { "sqlite".into() }
+        if full && pg.is_some() {
+            "sqlite,postgres".into()
+        } else {
+            "sqlite".into()
+        }
     });
     let dir = tempfile_dir()?;
     for b in backends.split(',').map(str::trim) {
@@ -220,7 +297,9 @@ fn main() -> Result<()> {
                 let admin = pg.clone().context("ASBB_TEST_POSTGRES_URL is not set")?;
                 let name = format!("asbb_bench_burn_{}", std::process::id());
                 let mut c = diesel::pg::PgConnection::establish(&admin)?;
-                c.batch_execute(&format!("DROP DATABASE IF EXISTS {name}; CREATE DATABASE {name}"))?;
+                c.batch_execute(&format!(
+                    "DROP DATABASE IF EXISTS {name}; CREATE DATABASE {name}"
+                ))?;
                 let (base, _) = admin.rsplit_once('/').context("postgres url")?;
                 format!("{base}/{name}")
             }
