@@ -13,7 +13,8 @@
 //!    the same number of plain `ledger::credit` calls in batches of the same size;
 //! 2. `burn-rate compute` for the next day (one snapshot per account, alerts) against the
 //!    baseline of reading the same journal rows the run reads (a plain scan);
-//! and the peak resident memory (`VmHWM`) of the process.
+//!
+//! Also the peak resident memory (`VmHWM`) of the process.
 //!
 //! `cargo bench --bench burn` runs the full size; without `--bench` (as `cargo test
 //! --all-targets` runs it) a smoke pass of a few accounts that fails only when an operation

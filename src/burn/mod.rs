@@ -41,6 +41,7 @@ fn pct(d: Decimal) -> String {
 }
 
 /// The alerts that hold for one analysed subject.
+#[allow(clippy::too_many_arguments)]
 pub fn evaluate(
     subject_kind: &'static str,
     subject: &str,

@@ -470,6 +470,7 @@ pub(crate) fn burn_rate(
     Ok(exit::OK)
 }
 
+#[allow(clippy::while_let_loop)]
 pub(crate) fn forecast(
     ctx: &Ctx<'_>,
     a: &ForecastArgs,

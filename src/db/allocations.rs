@@ -264,6 +264,7 @@ pub fn list(conn: &mut DbConn, account: Option<&str>) -> Result<Vec<ScheduleReco
 }
 
 /// The decided periods of a schedule, oldest first.
+#[allow(clippy::type_complexity)]
 pub fn periods(conn: &mut DbConn, id: i64) -> Result<Vec<PeriodRecord>, LedgerError> {
     let rows: Vec<(
         i64,

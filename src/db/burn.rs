@@ -273,6 +273,7 @@ struct AccountLite {
 }
 
 /// Loads the contexts of the given accounts (all when `None`), in bulk.
+#[allow(clippy::type_complexity)]
 pub fn contexts(conn: &mut DbConn, only: Option<&[i64]>) -> Result<Vec<Context>, LedgerError> {
     let mut q = accounts::table
         .select((
@@ -689,6 +690,7 @@ pub struct SnapshotRow {
     pub computed_at: chrono::NaiveDateTime,
 }
 
+#[allow(clippy::too_many_arguments)]
 fn snapshot_row(
     account_id: i64,
     day: NaiveDate,

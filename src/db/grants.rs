@@ -908,6 +908,7 @@ fn close_account_period(
 }
 
 /// Books one grant's transitions up to `ctx.effective_at`.
+#[allow(clippy::needless_range_loop)]
 fn process_one(
     conn: &mut DbConn,
     ctx: &OpContext,
@@ -1300,7 +1301,8 @@ pub fn update(
     })
 }
 
-/// A recorded change of a grant.
+/// A recorded change of a grant: field, old, new, actor, reason, when.
+#[allow(clippy::type_complexity)]
 pub fn changes(
     conn: &mut DbConn,
     grant_id: i64,
