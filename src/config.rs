@@ -89,6 +89,51 @@ grace = "1d"
 # Ask SLURM (`sacct`) about jobs whose hold is open but whose job-end record never came.
 use_sacct = false
 sacct_command = "sacct"
+
+[burn]
+# The window of the daily snapshots, the status files and the alerts: 7d, 30d or 90d.
+window = "30d"
+
+# Spending within +/- this percentage of the plan is ON_TRACK.
+on_track_percent = "20"
+
+# No verdict on over- or underspending while the window holds fewer days of the budget's life.
+min_active_days = 7
+
+# Money projected to run out within this many days (before its period ends) is CRITICAL risk.
+critical_days = 14
+
+# `asbb burn-rate compute` writes one <account>.json budget status per account here for the
+# advisor (ASBA); "" writes none. Format: spool-schemas/budget-status.v1.schema.json.
+status_dir = ""
+
+[alerts]
+# Spending above the plan over the window, percent.
+variance_warning_percent = "20"
+variance_critical_percent = "50"
+
+# Health score below these.
+health_warning = 60
+health_critical = 40
+
+# Utilisation ((charged + held) / credited) of an account or a grant period, percent.
+utilisation_warning_percent = "80"
+utilisation_critical_percent = "100"
+
+# A grant or budget period ending within this many days.
+ending_within_days = 30
+
+# Run for each new alert, without a shell: the program and its arguments, split at spaces.
+# It gets the alert as JSON on stdin and ASBB_ALERT_* variables. "" runs nothing.
+notify_command = ""
+
+# Also (or instead) write each new alert as alert-<id>.json into this directory.
+notify_spool_dir = ""
+
+# A hook that runs longer is killed and tried again on the next run, at most
+# notify_max_attempts times.
+notify_timeout = "30s"
+notify_max_attempts = 5
 "#;
 
 /// The whole configuration.
@@ -105,6 +150,103 @@ pub struct Config {
     pub reconcile: ReconcileConfig,
     /// `[recover]`.
     pub recover: RecoverConfig,
+    /// `[burn]`.
+    pub burn: BurnConfig,
+    /// `[alerts]`.
+    pub alerts: AlertsConfig,
+}
+
+/// `[burn]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BurnConfig {
+    /// Snapshot window: 7d, 30d or 90d.
+    pub window: String,
+    /// ON_TRACK tolerance, percent.
+    pub on_track_percent: String,
+    /// Fewest days of history for a verdict.
+    pub min_active_days: u64,
+    /// Depletion within this many days is CRITICAL.
+    pub critical_days: u64,
+    /// Where the budget status files go ("" for none).
+    pub status_dir: String,
+}
+
+impl Default for BurnConfig {
+    fn default() -> Self {
+        BurnConfig {
+            window: "30d".into(),
+            on_track_percent: "20".into(),
+            min_active_days: 7,
+            critical_days: 14,
+            status_dir: String::new(),
+        }
+    }
+}
+
+/// `[alerts]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertsConfig {
+    /// Warning above this variance.
+    pub variance_warning_percent: String,
+    /// Critical above this variance.
+    pub variance_critical_percent: String,
+    /// Warning below this health.
+    pub health_warning: u64,
+    /// Critical below this health.
+    pub health_critical: u64,
+    /// Warning at this utilisation.
+    pub utilisation_warning_percent: String,
+    /// Critical at this utilisation.
+    pub utilisation_critical_percent: String,
+    /// Ending within this many days.
+    pub ending_within_days: u64,
+    /// The hook command.
+    pub notify_command: String,
+    /// The hook spool directory.
+    pub notify_spool_dir: String,
+    /// The hook's time limit.
+    pub notify_timeout: String,
+    /// Attempts per alert.
+    pub notify_max_attempts: u64,
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        AlertsConfig {
+            variance_warning_percent: "20".into(),
+            variance_critical_percent: "50".into(),
+            health_warning: 60,
+            health_critical: 40,
+            utilisation_warning_percent: "80".into(),
+            utilisation_critical_percent: "100".into(),
+            ending_within_days: 30,
+            notify_command: String::new(),
+            notify_spool_dir: String::new(),
+            notify_timeout: "30s".into(),
+            notify_max_attempts: 5,
+        }
+    }
+}
+
+/// Alert thresholds, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlertThresholds {
+    /// Warning above this variance, percent.
+    pub variance_warning: Decimal,
+    /// Critical above this variance.
+    pub variance_critical: Decimal,
+    /// Warning below this health.
+    pub health_warning: u8,
+    /// Critical below this health.
+    pub health_critical: u8,
+    /// Warning at this utilisation, percent.
+    pub utilisation_warning: Decimal,
+    /// Critical at this utilisation.
+    pub utilisation_critical: Decimal,
+    /// Days before an end that raise an alert.
+    pub ending_within_days: i64,
 }
 
 /// `[spool]`.
@@ -498,7 +640,119 @@ impl Config {
         if self.recover.sacct_command.trim().is_empty() {
             bad("recover.sacct_command", "must name a command".into());
         }
+        if !["7d", "30d", "90d"].contains(&self.burn.window.trim()) {
+            bad(
+                "burn.window",
+                format!("'{}' must be 7d, 30d or 90d", self.burn.window),
+            );
+        }
+        for (key, v) in [
+            ("burn.on_track_percent", &self.burn.on_track_percent),
+            (
+                "alerts.variance_warning_percent",
+                &self.alerts.variance_warning_percent,
+            ),
+            (
+                "alerts.variance_critical_percent",
+                &self.alerts.variance_critical_percent,
+            ),
+            (
+                "alerts.utilisation_warning_percent",
+                &self.alerts.utilisation_warning_percent,
+            ),
+            (
+                "alerts.utilisation_critical_percent",
+                &self.alerts.utilisation_critical_percent,
+            ),
+        ] {
+            match Decimal::from_str(v.trim()) {
+                Ok(d) if d >= Decimal::ZERO && d <= Decimal::from(10_000) => {}
+                _ => bad(key, format!("'{v}' must be a percentage like \"20\"")),
+            }
+        }
+        if !(1..=365).contains(&self.burn.min_active_days) {
+            bad(
+                "burn.min_active_days",
+                format!("{} is outside 1..=365", self.burn.min_active_days),
+            );
+        }
+        if !(1..=3650).contains(&self.burn.critical_days) {
+            bad(
+                "burn.critical_days",
+                format!("{} is outside 1..=3650", self.burn.critical_days),
+            );
+        }
+        for (key, v) in [
+            ("alerts.health_warning", self.alerts.health_warning),
+            ("alerts.health_critical", self.alerts.health_critical),
+        ] {
+            if v > 100 {
+                bad(key, format!("{v} is outside 0..=100"));
+            }
+        }
+        if self.alerts.health_critical > self.alerts.health_warning {
+            bad(
+                "alerts.health_critical",
+                "must not be above alerts.health_warning".into(),
+            );
+        }
+        if !(1..=3650).contains(&self.alerts.ending_within_days) {
+            bad(
+                "alerts.ending_within_days",
+                format!("{} is outside 1..=3650", self.alerts.ending_within_days),
+            );
+        }
+        if let Err(e) = parse_span(&self.alerts.notify_timeout) {
+            bad("alerts.notify_timeout", e.to_string());
+        }
+        if !(1..=1000).contains(&self.alerts.notify_max_attempts) {
+            bad(
+                "alerts.notify_max_attempts",
+                format!("{} is outside 1..=1000", self.alerts.notify_max_attempts),
+            );
+        }
         out
+    }
+
+    /// The burn-rate thresholds from `[burn]` (validated at load).
+    pub fn burn_thresholds(&self) -> crate::domain::burn::BurnThresholds {
+        crate::domain::burn::BurnThresholds {
+            on_track_percent: Decimal::from_str(self.burn.on_track_percent.trim())
+                .unwrap_or(Decimal::from(20)),
+            min_active_days: Decimal::from(self.burn.min_active_days),
+            critical_days: self.burn.critical_days as i64,
+        }
+    }
+
+    /// The snapshot window in days.
+    pub fn burn_window_days(&self) -> i64 {
+        match self.burn.window.trim() {
+            "7d" => 7,
+            "90d" => 90,
+            _ => 30,
+        }
+    }
+
+    /// The alert thresholds from `[alerts]` (validated at load).
+    pub fn alert_thresholds(&self) -> AlertThresholds {
+        let d = |s: &str, dflt: i64| Decimal::from_str(s.trim()).unwrap_or(Decimal::from(dflt));
+        AlertThresholds {
+            variance_warning: d(&self.alerts.variance_warning_percent, 20),
+            variance_critical: d(&self.alerts.variance_critical_percent, 50),
+            health_warning: self.alerts.health_warning.min(100) as u8,
+            health_critical: self.alerts.health_critical.min(100) as u8,
+            utilisation_warning: d(&self.alerts.utilisation_warning_percent, 80),
+            utilisation_critical: d(&self.alerts.utilisation_critical_percent, 100),
+            ending_within_days: self.alerts.ending_within_days as i64,
+        }
+    }
+
+    /// The notification hook's time limit.
+    pub fn notify_timeout(&self) -> Duration {
+        parse_span(&self.alerts.notify_timeout)
+            .ok()
+            .and_then(|d| d.to_std().ok())
+            .unwrap_or(Duration::from_secs(30))
     }
 
     /// The spool directories (empty strings leave a kind out).

@@ -4,6 +4,7 @@
 //! execution engine reports it, and every change of money is an entry in an append-only,
 //! hash-chained journal. See `ARCHITECTURE.md` for the map of this crate.
 
+pub mod burn;
 pub mod check;
 pub mod cli;
 pub mod config;

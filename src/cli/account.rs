@@ -48,9 +48,23 @@ pub struct CreateArgs {
     /// Free-text description.
     #[arg(long, default_value = "")]
     pub description: String,
-    /// Initial budget in USD (credited as the first journal entry).
-    #[arg(long, value_name = "AMOUNT", allow_hyphen_values = true)]
-    pub budget: String,
+    /// Initial budget in USD (credited as the first journal entry); not with --incremental.
+    #[arg(
+        long,
+        value_name = "AMOUNT",
+        allow_hyphen_values = true,
+        required_unless_present = "incremental",
+        conflicts_with = "incremental"
+    )]
+    pub budget: Option<String>,
+    /// Feed the account by an allocation schedule instead of an initial budget (needs
+    /// --total-budget, --allocation-amount, --allocation-frequency); what is due by --as-of is
+    /// credited right away.
+    #[arg(long)]
+    pub incremental: bool,
+    /// The schedule (with --incremental).
+    #[command(flatten)]
+    pub terms: super::allocations::TermsArgs,
     /// First day the account may hold money (YYYY-MM-DD or RFC 3339).
     #[arg(long, value_name = "DATE")]
     pub start: String,
@@ -174,6 +188,15 @@ fn status_arg(text: &str) -> Result<AccountStatus, CliError> {
 pub(crate) fn run(ctx: &Ctx<'_>, cmd: &AccountCmd, out: &mut dyn Write) -> Result<i32, CliError> {
     match cmd {
         AccountCmd::Create(a) => {
+            let has_terms = a.terms.total_budget.is_some()
+                || a.terms.allocation_amount.is_some()
+                || a.terms.allocation_frequency.is_some();
+            if has_terms && !a.incremental {
+                return Err(CliError::usage(
+                    "--incremental",
+                    "--total-budget, --allocation-amount and --allocation-frequency describe an allocation schedule; add --incremental",
+                ));
+            }
             let new = NewAccount {
                 name: account_name(&a.account)?,
                 display_name: a.name.clone(),
@@ -181,9 +204,52 @@ pub(crate) fn run(ctx: &Ctx<'_>, cmd: &AccountCmd, out: &mut dyn Write) -> Resul
                 starts_at: date_start("--start", &a.start)?,
                 ends_at: date_end("--end", &a.end)?,
                 overdraft: amount_arg("--overdraft", &a.overdraft)?,
-                budget: amount_arg("--budget", &a.budget)?,
+                budget: match &a.budget {
+                    Some(b) => amount_arg("--budget", b)?,
+                    None => UsdMicros::ZERO,
+                },
             };
             let mut conn = ctx.conn()?;
+            if a.incremental {
+                let t = super::allocations::terms(&a.terms, new.starts_at, new.ends_at)?;
+                let (acct, sched, report) = crate::db::allocations::create_incremental_account(
+                    &mut conn,
+                    &ctx.op()?,
+                    &new,
+                    &t,
+                )?;
+                if ctx.cli.json {
+                    let mut v = account_json(&acct, None);
+                    v["allocation_schedule"] = super::allocations::schedule_json(&sched);
+                    print_json(out, &v)?;
+                } else {
+                    writeln!(
+                        out,
+                        "created budget account '{}' ({}), active {} to {}, fed by allocation schedule {}: ${} {} up to ${}",
+                        acct.name,
+                        acct.display_name,
+                        acct.starts_at.format("%Y-%m-%d"),
+                        last_day(acct.ends_at),
+                        sched.id,
+                        sched.terms.amount,
+                        sched.terms.frequency,
+                        sched.terms.total
+                    )?;
+                    writeln!(
+                        out,
+                        "credited {} allocation(s) due so far (${}); ${} available; next allocation {}",
+                        report.periods.iter().filter(|p| p.outcome == "credited").count(),
+                        report.credited(),
+                        acct.available(),
+                        sched
+                            .next_due
+                            .filter(|_| sched.status != "finished")
+                            .map(|d| d.format("%Y-%m-%d").to_string())
+                            .unwrap_or_else(|| "none (schedule finished)".into())
+                    )?;
+                }
+                return Ok(exit::OK);
+            }
             let acct = ledger::create_account(&mut conn, &ctx.op()?, &new)?;
             if ctx.cli.json {
                 print_json(out, &account_json(&acct, None))?;
@@ -224,8 +290,13 @@ pub(crate) fn run(ctx: &Ctx<'_>, cmd: &AccountCmd, out: &mut dyn Write) -> Resul
             let mut conn = ctx.conn()?;
             let acct = queries::account(&mut conn, &a.account)?;
             let parts = queries::partitions(&mut conn, &a.account)?;
+            let schedules = crate::db::allocations::list(&mut conn, Some(&a.account))?;
             if ctx.cli.json {
                 let mut v = account_json(&acct, Some(&parts));
+                v["allocation_schedules"] = schedules
+                    .iter()
+                    .map(super::allocations::schedule_json)
+                    .collect();
                 let act = queries::activity(&mut conn, &a.account)?;
                 v["open_holds"] = json!(act.open_holds);
                 v["changes"] = queries::account_changes(&mut conn, &a.account)?
@@ -244,6 +315,20 @@ pub(crate) fn run(ctx: &Ctx<'_>, cmd: &AccountCmd, out: &mut dyn Write) -> Resul
                 print_json(out, &v)?;
             } else {
                 show_account(&mut conn, out, &acct, &parts)?;
+                if !schedules.is_empty() {
+                    writeln!(out, "\nallocation schedules:")?;
+                    print_table(out, &super::allocations::schedules_table(&schedules))?;
+                }
+                let ctx_burn = crate::db::burn::context(&mut conn, &a.account)?;
+                if let Some(g) = &ctx_burn.grant {
+                    writeln!(
+                        out,
+                        "\ngrant: {} ({}% of every budget period, linked {})",
+                        g.grant.number,
+                        g.link.share.normalize(),
+                        g.link.linked_at.format("%Y-%m-%d")
+                    )?;
+                }
             }
         }
         AccountCmd::Update(a) => {

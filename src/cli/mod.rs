@@ -4,6 +4,9 @@
 
 mod account;
 mod admin;
+mod allocations;
+mod burn;
+mod grant;
 mod holds;
 mod money;
 mod output;
@@ -79,6 +82,22 @@ pub enum Command {
     /// How good the estimates are.
     #[command(subcommand)]
     Analytics(spool::AnalyticsCmd),
+    /// Allocation schedules, and the timer job that credits them and books grant periods.
+    #[command(subcommand)]
+    Allocations(allocations::AllocationsCmd),
+    /// Multi-year grants with budget periods.
+    #[command(subcommand)]
+    Grant(grant::GrantCmd),
+    /// Spending against the plan: daily rate, variance, health, projection; or
+    /// `burn-rate compute`, the timer job.
+    BurnRate(burn::BurnRateArgs),
+    /// Where an account's money is heading, month by month.
+    Forecast(burn::ForecastArgs),
+    /// An account's budget status for the advisor, live; with --cost, whether a burst fits.
+    Status(burn::StatusArgs),
+    /// Budget alerts: list and acknowledge.
+    #[command(subcommand)]
+    Alerts(burn::AlertsCmd),
     /// List and show journal entries.
     #[command(subcommand, visible_alias = "transaction")]
     Transactions(transactions::TransactionsCmd),
@@ -244,7 +263,9 @@ pub(crate) fn amount_arg(flag: &str, text: &str) -> Result<UsdMicros, CliError> 
 
 /// Prefixes of the keys asbb derives itself (`charge:hold-7`, `release:hold-7`, …). A key an
 /// admin chooses must not start with one, or it could block the operation it imitates.
-pub(crate) const RESERVED_KEY_PREFIXES: [&str; 7] = [
+pub(crate) const RESERVED_KEY_PREFIXES: [&str; 9] = [
+    "alloc:",
+    "grant:",
     "charge:",
     "release:",
     "expiry:",
@@ -321,6 +342,12 @@ pub fn run(cli: &Cli) -> Result<i32, CliError> {
         Command::Spool(c) => spool::run(&ctx, c, out),
         Command::Recover(a) => spool::recover(&ctx, a, out),
         Command::Analytics(c) => spool::analytics(&ctx, c, out),
+        Command::Allocations(c) => allocations::run(&ctx, c, out),
+        Command::Grant(c) => grant::run(&ctx, c, out),
+        Command::BurnRate(a) => burn::burn_rate(&ctx, a, out),
+        Command::Forecast(a) => burn::forecast(&ctx, a, out),
+        Command::Status(a) => burn::status(&ctx, a, out),
+        Command::Alerts(c) => burn::alerts_cmd(&ctx, c, out),
         Command::Transactions(c) => transactions::run(&ctx, c, out),
         Command::Usage(c) => account::usage(&ctx, c, out),
         Command::Audit(c) => admin::audit(&ctx, c, out),

@@ -23,8 +23,12 @@ macro_rules! on_backend {
     };
 }
 
+pub mod alerts;
+pub mod allocations;
 pub mod audit;
+pub mod burn;
 mod fixed;
+pub mod grants;
 pub mod ledger;
 pub mod models;
 pub mod queries;

@@ -201,11 +201,236 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    allocation_schedules (id) {
+        id -> BigInt,
+        account_id -> BigInt,
+        amount_micros -> BigInt,
+        total_micros -> BigInt,
+        frequency -> Text,
+        starts_at -> Timestamp,
+        ends_at -> Timestamp,
+        status -> Text,
+        next_period -> BigInt,
+        next_due_at -> Nullable<Timestamp>,
+        credited_micros -> BigInt,
+        credited_count -> BigInt,
+        skipped_count -> BigInt,
+        description -> Text,
+        created_by -> Text,
+        created_at -> Timestamp,
+        updated_at -> Timestamp,
+        finished_at -> Nullable<Timestamp>,
+    }
+}
+
+diesel::table! {
+    allocation_periods (schedule_id, period) {
+        schedule_id -> BigInt,
+        period -> BigInt,
+        due_at -> Timestamp,
+        outcome -> Text,
+        amount_micros -> BigInt,
+        entry_id -> Nullable<BigInt>,
+        effective_at -> Timestamp,
+        reason -> Text,
+        recorded_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    allocation_pauses (id) {
+        id -> BigInt,
+        schedule_id -> BigInt,
+        paused_at -> Timestamp,
+        resumed_at -> Nullable<Timestamp>,
+        catch_up -> Bool,
+        paused_by -> Text,
+        resumed_by -> Nullable<Text>,
+        reason -> Text,
+    }
+}
+
+diesel::table! {
+    grants (id) {
+        id -> BigInt,
+        number -> Text,
+        agency -> Text,
+        program -> Text,
+        pi -> Text,
+        co_pis -> Text,
+        institution -> Text,
+        department -> Text,
+        amount_micros -> BigInt,
+        starts_at -> Timestamp,
+        ends_at -> Timestamp,
+        period_months -> BigInt,
+        indirect_rate -> Text,
+        federal_award_id -> Text,
+        project_code -> Text,
+        cost_center -> Text,
+        carry_over -> Text,
+        status -> Text,
+        created_by -> Text,
+        created_at -> Timestamp,
+        updated_at -> Timestamp,
+        closed_at -> Nullable<Timestamp>,
+        close_reason -> Text,
+    }
+}
+
+diesel::table! {
+    grant_periods (grant_id, number) {
+        grant_id -> BigInt,
+        number -> BigInt,
+        starts_at -> Timestamp,
+        ends_at -> Timestamp,
+        budget_micros -> BigInt,
+        status -> Text,
+        carry_in_micros -> BigInt,
+        credited_micros -> BigInt,
+        spent_micros -> Nullable<BigInt>,
+        carried_out_micros -> Nullable<BigInt>,
+        expired_micros -> Nullable<BigInt>,
+        activated_at -> Nullable<Timestamp>,
+        closed_at -> Nullable<Timestamp>,
+    }
+}
+
+diesel::table! {
+    grant_links (id) {
+        id -> BigInt,
+        grant_id -> BigInt,
+        account_id -> BigInt,
+        share_percent -> Text,
+        linked_at -> Timestamp,
+        unlinked_at -> Nullable<Timestamp>,
+        linked_by -> Text,
+        unlinked_by -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    grant_period_accounts (grant_id, period, account_id) {
+        grant_id -> BigInt,
+        period -> BigInt,
+        account_id -> BigInt,
+        credited_micros -> BigInt,
+        credit_entry_id -> Nullable<BigInt>,
+        carry_in_micros -> BigInt,
+        activated_at -> Timestamp,
+        spent_micros -> Nullable<BigInt>,
+        carried_micros -> Nullable<BigInt>,
+        expired_micros -> Nullable<BigInt>,
+        expiry_entry_id -> Nullable<BigInt>,
+        closed_at -> Nullable<Timestamp>,
+        note -> Text,
+    }
+}
+
+diesel::table! {
+    grant_changes (id) {
+        id -> BigInt,
+        grant_id -> BigInt,
+        field -> Text,
+        old_value -> Text,
+        new_value -> Text,
+        actor -> Text,
+        reason -> Text,
+        changed_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    burn_snapshots (account_id, day) {
+        account_id -> BigInt,
+        day -> Date,
+        credited_micros -> BigInt,
+        charged_micros -> BigInt,
+        held_micros -> BigInt,
+        spent_micros -> BigInt,
+        period_start -> Timestamp,
+        period_end -> Timestamp,
+        period_budget_micros -> BigInt,
+        period_spent_micros -> BigInt,
+        period_expected_micros -> BigInt,
+        window_days -> BigInt,
+        window_spent_micros -> BigInt,
+        window_expected_micros -> BigInt,
+        rate_7d_micros -> BigInt,
+        rate_30d_micros -> BigInt,
+        variance_percent -> Nullable<Text>,
+        burn_status -> Text,
+        health_score -> BigInt,
+        health_band -> Text,
+        risk_level -> Text,
+        depletion_date -> Nullable<Date>,
+        projected_period_micros -> BigInt,
+        projected_horizon_micros -> BigInt,
+        horizon_spent_micros -> BigInt,
+        computed_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    burn_cursors (account_id) {
+        account_id -> BigInt,
+        last_day -> Date,
+    }
+}
+
+diesel::table! {
+    burn_runs (id) {
+        id -> BigInt,
+        as_of -> Timestamp,
+        journal_watermark -> BigInt,
+        days_written -> BigInt,
+        accounts -> BigInt,
+        started_at -> Timestamp,
+        finished_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    alerts (id) {
+        id -> BigInt,
+        dedup_key -> Text,
+        kind -> Text,
+        severity -> Text,
+        subject_kind -> Text,
+        subject -> Text,
+        account_id -> Nullable<BigInt>,
+        grant_id -> Nullable<BigInt>,
+        message -> Text,
+        value -> Text,
+        threshold -> Text,
+        raised_at -> Timestamp,
+        last_seen_at -> Timestamp,
+        resolved_at -> Nullable<Timestamp>,
+        acknowledged_at -> Nullable<Timestamp>,
+        acknowledged_by -> Nullable<Text>,
+        ack_notes -> Text,
+        notified_at -> Nullable<Timestamp>,
+        notify_attempts -> BigInt,
+        notify_error -> Text,
+        recorded_at -> Timestamp,
+    }
+}
+
 diesel::joinable!(account_partitions -> accounts (account_id));
 diesel::joinable!(holds -> accounts (account_id));
 diesel::joinable!(journal -> accounts (account_id));
 diesel::joinable!(journal -> holds (hold_id));
 diesel::joinable!(account_changes -> accounts (account_id));
+diesel::joinable!(allocation_schedules -> accounts (account_id));
+diesel::joinable!(allocation_periods -> allocation_schedules (schedule_id));
+diesel::joinable!(allocation_pauses -> allocation_schedules (schedule_id));
+diesel::joinable!(grant_periods -> grants (grant_id));
+diesel::joinable!(grant_links -> grants (grant_id));
+diesel::joinable!(grant_links -> accounts (account_id));
+diesel::joinable!(grant_period_accounts -> accounts (account_id));
+diesel::joinable!(grant_changes -> grants (grant_id));
+diesel::joinable!(burn_snapshots -> accounts (account_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
     accounts,
@@ -216,5 +441,17 @@ diesel::allow_tables_to_appear_in_same_query!(
     spool_files,
     cost_records,
     job_end_records,
-    plans
+    plans,
+    allocation_schedules,
+    allocation_periods,
+    allocation_pauses,
+    grants,
+    grant_periods,
+    grant_links,
+    grant_period_accounts,
+    grant_changes,
+    burn_snapshots,
+    burn_cursors,
+    burn_runs,
+    alerts
 );

@@ -3,9 +3,12 @@
 //! Architecture invariant: nothing in `domain` does IO, reads the clock, or knows diesel or a
 //! wire format. Everything here is testable with plain values.
 
+pub mod burn;
+pub mod grant;
 pub mod ledger;
 pub mod money;
 pub mod names;
+pub mod schedule;
 pub mod time;
 
 pub use ledger::{AccountStatus, Balances, Denial, DenyReason, Effect, EntryKind, HoldState};

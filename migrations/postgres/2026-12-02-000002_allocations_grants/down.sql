@@ -1,0 +1,12 @@
+DROP TABLE alerts;
+DROP TABLE burn_runs;
+DROP TABLE burn_cursors;
+DROP TABLE burn_snapshots;
+DROP TABLE grant_changes;
+DROP TABLE grant_period_accounts;
+DROP TABLE grant_links;
+DROP TABLE grant_periods;
+DROP TABLE grants;
+DROP TABLE allocation_pauses;
+DROP TABLE allocation_periods;
+DROP TABLE allocation_schedules;

@@ -1,0 +1,239 @@
+//! The budget status the advisor (ASBA) reads: one JSON document per account, written by
+//! `asbb burn-rate compute` into `burn.status_dir` and answered live by `asbb status`. The
+//! format is `spool-schemas/budget-status.v1.schema.json`; money is a decimal string.
+
+use std::io::Write;
+use std::path::Path;
+
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use serde_json::{json, Value};
+
+use crate::db::burn::AccountBurn;
+use crate::domain::burn::{analyse, recommend, BurnThresholds};
+use crate::domain::UsdMicros;
+
+/// The `schema_version` written.
+pub const SCHEMA_VERSION: u32 = 1;
+
+fn m(v: UsdMicros) -> Value {
+    Value::String(v.to_string())
+}
+
+fn ts(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+fn dec(d: Option<Decimal>) -> Value {
+    d.map(|d| Value::String(d.normalize().to_string()))
+        .unwrap_or(Value::Null)
+}
+
+/// What a burst of a given cost would do.
+#[derive(Debug, Clone)]
+pub struct Affordability {
+    /// The cost asked about.
+    pub cost: UsdMicros,
+    /// The hold it would need (cost × hold buffer).
+    pub hold: UsdMicros,
+    /// Whether a hold of that size would be placed now.
+    pub affordable: bool,
+    /// The reason code when not.
+    pub reason: Option<&'static str>,
+    /// A sentence.
+    pub message: String,
+    /// The account's analysis with the cost committed.
+    pub after: Box<AccountBurn>,
+}
+
+/// Works out whether `cost` is affordable for the analysed account, and its impact.
+pub fn affordability(
+    a: &AccountBurn,
+    cost: UsdMicros,
+    buffer: Decimal,
+    overdraft: UsdMicros,
+    th: &BurnThresholds,
+) -> Affordability {
+    let hold = cost.mul_decimal(buffer).unwrap_or(cost);
+    let i = &a.inputs;
+    let left = i
+        .credited
+        .checked_sub(i.charged)
+        .and_then(|x| x.checked_sub(i.held))
+        .and_then(|x| x.checked_add(overdraft))
+        .unwrap_or(UsdMicros::ZERO);
+    let (affordable, reason, message) = if a.context.status != "active" {
+        (
+            false,
+            Some("account_inactive"),
+            format!(
+                "budget account '{}' is {}",
+                a.context.name, a.context.status
+            ),
+        )
+    } else if i.as_of < a.context.active.start {
+        (
+            false,
+            Some("account_inactive"),
+            format!("budget account '{}' has not started", a.context.name),
+        )
+    } else if i.as_of >= a.context.active.end {
+        (
+            false,
+            Some("account_expired"),
+            format!("budget account '{}' has ended", a.context.name),
+        )
+    } else if left < hold {
+        (
+            false,
+            Some("insufficient_funds"),
+            format!("${left} available; a burst of ${cost} needs a hold of ${hold}"),
+        )
+    } else {
+        (
+            true,
+            None,
+            format!("${left} available covers a hold of ${hold}"),
+        )
+    };
+    let mut after_inputs = i.clone();
+    after_inputs.held = i.held.checked_add(cost).unwrap_or(i.held);
+    let after = AccountBurn {
+        context: a.context.clone(),
+        figures: analyse(&after_inputs, th),
+        inputs: after_inputs,
+    };
+    Affordability {
+        cost,
+        hold,
+        affordable,
+        reason,
+        message,
+        after: Box::new(after),
+    }
+}
+
+fn figures_json(a: &AccountBurn) -> Value {
+    let i = &a.inputs;
+    let f = &a.figures;
+    let (decision, reasons) = recommend(f);
+    json!({
+        "limit": m(i.credited),
+        "used": m(i.charged),
+        "held": m(i.held),
+        "available": m(f.projection.remaining),
+        "utilization_percent": dec(f.utilisation_percent),
+        "daily_burn": m(f.daily_rate),
+        "expected_daily_burn": m(f.expected_daily_rate),
+        "rate_7d": m(f.rate_7d),
+        "rate_30d": m(f.rate_30d),
+        "window_days": i.window.num_days(),
+        "variance_percent": dec(f.variance_percent),
+        "burn_status": f.status.as_str(),
+        "health_score": f.health,
+        "health_band": f.band.as_str(),
+        "days_remaining": f.projection.days_left_in_period.floor().to_string().parse::<i64>().unwrap_or(0),
+        "projected_depletion": f.projection.depletion.map(|d| d.format("%Y-%m-%d").to_string()),
+        "risk_level": f.projection.risk.as_str(),
+        "period": {
+            "start": ts(i.period.start),
+            "end": ts(i.period.end),
+            "budget": m(i.period_budget),
+            "spent": m(i.period_spent),
+            "expected_to_date": m(f.period_expected),
+            "projected_at_end": m(f.projection.period_end_spend),
+            "projected_overrun": m(f.projection.period_overrun),
+        },
+        "horizon": {
+            "start": ts(i.horizon.start),
+            "end": ts(i.horizon.end),
+            "budget": m(i.horizon_budget),
+            "spent": m(i.horizon_spent),
+            "projected_at_end": m(f.projection.horizon_end_spend),
+            "projected_overrun": m(f.projection.horizon_overrun),
+        },
+        "recommendation": {
+            "decision": decision.as_str(),
+            "reasons": reasons.iter().map(|(code, message)| json!({"code": code, "message": message})).collect::<Vec<_>>(),
+        },
+    })
+}
+
+/// The status document of an analysed account.
+pub fn status_json(
+    a: &AccountBurn,
+    as_of: DateTime<Utc>,
+    generated_at: DateTime<Utc>,
+    afford: Option<&Affordability>,
+) -> Value {
+    let mut v = json!({
+        "schema_version": SCHEMA_VERSION,
+        "account": a.context.name,
+        "status": a.context.status,
+        "as_of": ts(as_of),
+        "generated_at": ts(generated_at),
+        "grant": a.context.grant.as_ref().map(|g| json!({
+            "number": g.grant.number,
+            "share_percent": g.link.share.normalize().to_string(),
+            "indirect_rate": g.grant.indirect_rate.normalize().to_string(),
+        })),
+    });
+    if let (Value::Object(dst), Value::Object(src)) = (&mut v, figures_json(a)) {
+        dst.extend(src);
+    }
+    if let Some(af) = afford {
+        let after = &af.after;
+        let share = if a.inputs.period_budget.micros() > 0 {
+            crate::domain::burn::percent(
+                Decimal::from(af.cost.micros()),
+                Decimal::from(a.inputs.period_budget.micros()),
+            )
+        } else {
+            None
+        };
+        let days = if a.figures.expected_daily_rate.micros() > 0 {
+            Some(
+                (Decimal::from(af.cost.micros())
+                    / Decimal::from(a.figures.expected_daily_rate.micros()))
+                .round_dp(1),
+            )
+        } else {
+            None
+        };
+        let (decision, reasons) = recommend(&after.figures);
+        v["affordability"] = json!({
+            "cost": m(af.cost),
+            "hold": m(af.hold),
+            "affordable": af.affordable,
+            "reason": af.reason,
+            "message": af.message,
+            "impact": {
+                "available_after": m(after.figures.projection.remaining),
+                "utilization_percent_after": dec(after.figures.utilisation_percent),
+                "period_budget_percent": dec(share),
+                "days_of_expected_burn": dec(days),
+                "health_score_after": after.figures.health,
+                "health_band_after": after.figures.band.as_str(),
+                "risk_level_after": after.figures.projection.risk.as_str(),
+                "projected_depletion_after": after.figures.projection.depletion.map(|d| d.format("%Y-%m-%d").to_string()),
+                "decision_after": decision.as_str(),
+                "reasons_after": reasons.iter().map(|(code, message)| json!({"code": code, "message": message})).collect::<Vec<_>>(),
+            },
+        });
+    }
+    v
+}
+
+/// Writes `<dir>/<account>.json` whole: a temporary file in the same directory, renamed over the
+/// old one, so a reader sees the old or the new document, never a part. (Not fsynced: the files
+/// are rewritten on every run, and a file lost to a power cut is missing, not wrong.)
+pub fn write_atomically(dir: &Path, account: &str, v: &Value) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(".{account}.json.tmp"));
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        serde_json::to_writer_pretty(&mut f, v)?;
+        f.write_all(b"\n")?;
+    }
+    std::fs::rename(&tmp, dir.join(format!("{account}.json")))
+}
