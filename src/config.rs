@@ -801,6 +801,7 @@ impl Config {
             refund_percent: Decimal::from_str(self.reconcile.refund_percent.trim())
                 .unwrap_or(Decimal::from(100)),
             batch_size: self.reconcile.batch_size as usize,
+            batch_ledger: true,
         }
     }
 

@@ -764,3 +764,240 @@ db_test!(one_batch_with_the_same_run_twice_stores_it_once, |db| {
     assert!(used == "4.00" || used == "5.00", "charged once: {used}");
     assert_clean(&mut conn);
 });
+
+/// Builds the same mixed workload on a fresh database: every way a run finds its hold,
+/// arrays, requeues, overruns, refunds, runs that wait, a job charged by hand, and a run that
+/// names another job's hold (which only the one-at-a-time path can explain).
+fn mixed_reconcile_workload(conn: &mut DbConn, s: &Spool) {
+    create(conn, "physics", "10000");
+    create(conn, "chem", "500");
+    let place = |conn: &mut DbConn,
+                 account: &str,
+                 part: Option<&str>,
+                 est: &str,
+                 job: Option<&str>,
+                 tasks: Option<u32>| {
+        let key = format!("w-{account}-{est}-{job:?}-{part:?}");
+        match ledger::place_hold(
+            conn,
+            &ctx_at(t(1, 1)),
+            &HoldRequest {
+                account,
+                partition: part,
+                estimate: usd(est),
+                buffer: Decimal::ONE,
+                cluster: None,
+                job_id: job,
+                user_name: Some("alice"),
+                expires_at: Some(t(20, 0)),
+                tasks,
+                key: &key,
+            },
+        )
+        .unwrap()
+        {
+            HoldOutcome::Placed { hold, .. } => *hold,
+            other => panic!("{other:?}"),
+        }
+    };
+    place(conn, "physics", Some("aws"), "100", Some("1001"), None);
+    place(conn, "physics", Some("aws"), "50", Some("1002"), None);
+    let named = place(conn, "physics", Some("cpu"), "40", None, None);
+    let by_job_end = place(conn, "chem", Some("aws"), "60", None, None);
+    place(conn, "physics", Some("gpu"), "90", Some("1005"), Some(3));
+    place(conn, "physics", Some("aws"), "20", Some("1006"), None);
+    place(conn, "chem", None, "15", Some("1007"), None);
+    let by_hand = place(conn, "physics", None, "25", Some("1011"), None);
+    let other_job = place(conn, "chem", None, "5", Some("2000"), None);
+    ledger::charge_hold(
+        conn,
+        &ctx_at(t(2, 0)),
+        &ledger::ChargeHold {
+            hold_id: by_hand.id,
+            actual: usd("24"),
+            job_id: Some("1011"),
+            reason: "",
+            key: "manual-1011",
+        },
+    )
+    .unwrap();
+    let costs = [
+        (
+            "1001",
+            r#""account":"physics","actual_cost":80"#.to_string(),
+        ),
+        (
+            "1002",
+            r#""account":"physics","actual_cost":"70.25""#.to_string(),
+        ),
+        (
+            "1003",
+            format!(
+                r#""account":"physics","actual_cost":30,"budget_transaction_id":"hold-{}""#,
+                named.id
+            ),
+        ),
+        (
+            "1004",
+            r#""account":"chem","actual_cost":61,"partition":"aws""#.to_string(),
+        ),
+        (
+            "1005_0",
+            r#""account":"physics","actual_cost":20"#.to_string(),
+        ),
+        (
+            "1005_1",
+            r#""account":"physics","actual_cost":25"#.to_string(),
+        ),
+        (
+            "1005_2",
+            r#""account":"physics","actual_cost":"30.5""#.to_string(),
+        ),
+        (
+            "1006",
+            r#""account":"physics","actual_cost":18,"job_state":"NODE_FAIL""#.to_string(),
+        ),
+        (
+            "1008",
+            r#""account":"physics","actual_cost":7,"partition":"cpu","user_id":"bob""#.to_string(),
+        ),
+        (
+            "1009",
+            r#""account":"anonymized","actual_cost":3"#.to_string(),
+        ),
+        ("1010", r#""account":"ghost","actual_cost":4"#.to_string()),
+        (
+            "1011",
+            r#""account":"physics","actual_cost":24"#.to_string(),
+        ),
+        (
+            "1012",
+            r#""account":"chem","actual_cost":2,"job_state":"BOOT_FAIL","partition":"cpu""#
+                .to_string(),
+        ),
+        (
+            "2001",
+            format!(
+                r#""account":"chem","actual_cost":5,"budget_transaction_id":"hold-{}""#,
+                other_job.id
+            ),
+        ),
+    ];
+    for (job, rest) in &costs {
+        s.cost(
+            &format!("job_{job}_cost.json"),
+            &format!(r#"{{"job_id":"{job}",{rest}}}"#),
+        );
+    }
+    // A requeued job: two runs of one id, each charged.
+    s.cost(
+        "job_1007_cost.json",
+        r#"{"job_id":"1007","account":"chem","actual_cost":9}"#,
+    );
+    s.cost(
+        "job-1007-performance.json",
+        r#"{"job_id":"1007","account":"chem","actual_cost":11,"restart_count":1}"#,
+    );
+    s.job_end(
+        "lab",
+        "1004",
+        1741003600,
+        &format!(r#","hold_id":"hold-{}""#, by_job_end.id),
+        true,
+    );
+    s.scan(conn, NOW_GRACE);
+}
+
+/// Everything reconcile writes, in a form two ledgers can be compared by.
+fn ledger_dump(conn: &mut DbConn) -> Vec<String> {
+    use asbb::db::schema::cost_records;
+    use diesel::prelude::*;
+    let mut out: Vec<String> = queries::entries(conn, &Default::default())
+        .unwrap()
+        .into_iter()
+        .map(|e| format!("{e:?}"))
+        .collect();
+    let mut holds = queries::holds(conn, None, None, None).unwrap();
+    holds.sort_by_key(|h| h.id);
+    out.extend(holds.into_iter().map(|h| format!("{h:?}")));
+    for name in ["physics", "chem"] {
+        out.push(format!("{:?}", queries::account(conn, name).unwrap()));
+    }
+    let runs: Vec<(
+        String,
+        String,
+        String,
+        Option<i64>,
+        Option<i64>,
+        Option<i64>,
+        Option<i64>,
+        Option<String>,
+        Option<String>,
+    )> = cost_records::table
+        .order(cost_records::run_key)
+        .select((
+            cost_records::run_key,
+            cost_records::status,
+            cost_records::status_reason,
+            cost_records::hold_id,
+            cost_records::charge_entry_id,
+            cost_records::refund_entry_id,
+            cost_records::estimate_micros,
+            cost_records::charged_account,
+            cost_records::charged_partition,
+        ))
+        .load(conn)
+        .unwrap();
+    out.extend(runs.into_iter().map(|r| format!("{r:?}")));
+    out
+}
+
+db_test!(batch_and_one_by_one_book_the_same_ledger, |db| {
+    let backend = db.backend;
+    let fresh = || match backend {
+        common::Backend::Sqlite => common::TestDb::sqlite(),
+        common::Backend::Postgres => common::TestDb::postgres().unwrap(),
+    };
+    let mut dumps = Vec::new();
+    for (batch_ledger, db) in [(true, db), (false, fresh())] {
+        let mut conn = db.conn();
+        let s = Spool::new();
+        mixed_reconcile_workload(&mut conn, &s);
+        let policy = ReconcilePolicy {
+            batch_size: 4,
+            batch_ledger,
+            ..ReconcilePolicy::default()
+        };
+        let rep =
+            reconcile::reconcile(&mut conn, &ctx_at(t(3, 0)), &policy, None, &|| false).unwrap();
+        assert_eq!(
+            (
+                rep.charged,
+                rep.unmatched,
+                rep.refunded,
+                rep.waiting,
+                rep.overruns
+            ),
+            (9, 3, 2, 4, 2),
+            "{rep:?}"
+        );
+        if batch_ledger {
+            // Four transactions; only the one holding the run that names another job's hold
+            // books one at a time.
+            assert_eq!((rep.batches, rep.booked_together), (4, 3), "{rep:?}");
+        } else {
+            assert_eq!(rep.booked_together, 0, "{rep:?}");
+        }
+        assert_clean(&mut conn);
+        dumps.push(ledger_dump(&mut conn));
+        // Nothing left to do either way.
+        let again =
+            reconcile::reconcile(&mut conn, &ctx_at(t(3, 1)), &policy, None, &|| false).unwrap();
+        assert_eq!((again.charged, again.unmatched), (0, 0), "{again:?}");
+    }
+    let (batched, single) = (&dumps[0], &dumps[1]);
+    assert_eq!(batched.len(), single.len());
+    for (a, b) in batched.iter().zip(single) {
+        assert_eq!(a, b, "the batch path booked differently");
+    }
+});

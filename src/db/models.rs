@@ -197,6 +197,33 @@ impl JournalRow {
         }
     }
 
+    /// The row to insert for this entry (everything but its id).
+    pub(crate) fn as_new(&self) -> NewJournalRow<'_> {
+        NewJournalRow {
+            account_id: self.account_id,
+            seq: self.seq,
+            kind: &self.kind,
+            amount_micros: self.amount_micros,
+            credited_delta_micros: self.credited_delta_micros,
+            charged_delta_micros: self.charged_delta_micros,
+            held_delta_micros: self.held_delta_micros,
+            hold_id: self.hold_id,
+            cluster: self.cluster.as_deref(),
+            job_id: self.job_id.as_deref(),
+            partition: self.partition.as_deref(),
+            user_name: self.user_name.as_deref(),
+            actor: &self.actor,
+            reason: &self.reason,
+            flags: &self.flags,
+            idempotency_key: &self.idempotency_key,
+            request_digest: &self.request_digest,
+            effective_at: self.effective_at,
+            recorded_at: self.recorded_at,
+            prev_hash: &self.prev_hash,
+            hash: &self.hash,
+        }
+    }
+
     pub(crate) fn to_record(&self, account: &str, hold_state: Option<HoldState>) -> Entry {
         Entry {
             id: self.id,

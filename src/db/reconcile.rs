@@ -19,8 +19,10 @@ use diesel::prelude::*;
 use rust_decimal::Decimal;
 use serde::Serialize;
 
+use super::fixed::{bind, fixed};
 use super::ledger::{
-    self, ChargeHold, ChargeOutcome, ChargeUnmatched, LedgerError, MoneyOp, OpContext,
+    self, BatchCharge, BatchRefund, BatchResult, BatchTarget, ChargeHold, ChargeOutcome,
+    ChargeUnmatched, LedgerError, MoneyOp, OpContext,
 };
 use super::models::parse_hold_reference;
 use super::schema::{accounts, cost_records, holds, job_end_records, journal};
@@ -38,6 +40,10 @@ pub struct ReconcilePolicy {
     pub refund_percent: Decimal,
     /// Records per transaction.
     pub batch_size: usize,
+    /// Book a transaction's charges with [`ledger::charge_batch`] (a handful of statements
+    /// for the whole batch); off, every run is booked on its own. Both leave the same ledger;
+    /// the batch path falls back to one at a time whenever a run needs it.
+    pub batch_ledger: bool,
 }
 
 impl Default for ReconcilePolicy {
@@ -46,6 +52,7 @@ impl Default for ReconcilePolicy {
             refund_states: vec!["NODE_FAIL".into(), "BOOT_FAIL".into()],
             refund_percent: Decimal::from(100),
             batch_size: 500,
+            batch_ledger: true,
         }
     }
 }
@@ -67,6 +74,9 @@ pub struct ReconcileReport {
     pub charged_usd: String,
     /// Transactions committed.
     pub batches: u64,
+    /// Of those, transactions whose runs were booked together with a handful of statements;
+    /// the others booked their runs one at a time (a run there needed it).
+    pub booked_together: u64,
 }
 
 /// Why a record waits.
@@ -139,7 +149,7 @@ pub fn reconcile(
             .load(conn)?;
         let Some(last) = batch.last() else { break };
         after = last.id;
-        let done = write_transaction(conn, |conn| {
+        let (done, together) = write_transaction(conn, |conn| {
             lock_batch(conn, BatchLock::Reconcile)?;
             // Another reconciler may have booked some since we read the batch.
             let ids: Vec<i64> = batch.iter().map(|r| r.id).collect();
@@ -150,9 +160,15 @@ pub fn reconcile(
                 .load::<i64>(conn)?
                 .into_iter()
                 .collect();
-            let mut holds = BatchHolds::load(conn, &batch)?;
-            let mut out = Vec::with_capacity(batch.len());
-            for rec in batch.iter().filter(|r| !booked.contains(&r.id)) {
+            let todo: Vec<&CostRow> = batch.iter().filter(|r| !booked.contains(&r.id)).collect();
+            if policy.batch_ledger {
+                if let Some(out) = reconcile_batch(conn, ctx, policy, &todo)? {
+                    return Ok((out, true));
+                }
+            }
+            let mut holds = BatchHolds::load(conn, &todo)?;
+            let mut out = Vec::with_capacity(todo.len());
+            for &rec in &todo {
                 let r = write_transaction(conn, |conn| {
                     reconcile_one(conn, ctx, policy, rec, &mut holds)
                 });
@@ -165,9 +181,10 @@ pub fn reconcile(
                     }
                 }
             }
-            Ok::<_, LedgerError>(out)
+            Ok::<_, LedgerError>((out, false))
         })?;
         report.batches += 1;
+        report.booked_together += u64::from(together);
         for o in done {
             match o {
                 One::Charged {
@@ -231,6 +248,8 @@ fn set_waiting(
 struct BatchHolds {
     /// Open holds: id → (estimate, tasks).
     open: HashMap<i64, (i64, Option<i64>)>,
+    /// Tasks charged so far, of the open holds.
+    tasks_charged: HashMap<i64, i64>,
     /// Hold references from job-end records, newest first, by job base.
     job_end_refs: HashMap<i64, Vec<(String, Option<i64>, i64)>>,
     /// Open holds carrying a job id, oldest first.
@@ -238,7 +257,7 @@ struct BatchHolds {
 }
 
 impl BatchHolds {
-    fn load(conn: &mut DbConn, batch: &[CostRow]) -> Result<BatchHolds, LedgerError> {
+    fn load(conn: &mut DbConn, batch: &[&CostRow]) -> Result<BatchHolds, LedgerError> {
         let bases: Vec<i64> = batch.iter().map(|r| r.job_base).collect();
         let mut job_end_refs: HashMap<i64, Vec<(String, Option<i64>, i64)>> = HashMap::new();
         let rows: Vec<(String, Option<i64>, i64, Option<String>)> = job_end_records::table
@@ -265,7 +284,7 @@ impl BatchHolds {
         let mut names: Vec<String> = batch.iter().map(|r| r.job_id.clone()).collect();
         names.extend(bases.iter().map(|b| b.to_string()));
         let mut by_job: HashMap<String, Vec<i64>> = HashMap::new();
-        let found: Vec<(Option<String>, i64, i64, Option<i64>)> = holds::table
+        let found: Vec<(Option<String>, i64, i64, Option<i64>, i64)> = holds::table
             .filter(holds::job_id.eq_any(&names))
             .filter(holds::state.eq(HoldState::Open.as_str()))
             .select((
@@ -273,29 +292,39 @@ impl BatchHolds {
                 holds::id,
                 holds::estimate_micros,
                 holds::tasks,
+                holds::tasks_charged,
             ))
             .order(holds::id)
             .load(conn)?;
         let mut open = HashMap::new();
-        for (job, id, estimate, tasks) in found {
+        let mut tasks_charged = HashMap::new();
+        for (job, id, estimate, tasks, charged) in found {
             open.insert(id, (estimate, tasks));
+            tasks_charged.insert(id, charged);
             if let Some(job) = job {
                 by_job.entry(job).or_default().push(id);
             }
         }
         candidates.retain(|id| !open.contains_key(id));
         if !candidates.is_empty() {
-            let more: Vec<(i64, i64, Option<i64>)> = holds::table
+            let more: Vec<(i64, i64, Option<i64>, i64)> = holds::table
                 .filter(holds::id.eq_any(&candidates))
                 .filter(holds::state.eq(HoldState::Open.as_str()))
-                .select((holds::id, holds::estimate_micros, holds::tasks))
+                .select((
+                    holds::id,
+                    holds::estimate_micros,
+                    holds::tasks,
+                    holds::tasks_charged,
+                ))
                 .load(conn)?;
-            for (id, estimate, tasks) in more {
+            for (id, estimate, tasks, charged) in more {
                 open.insert(id, (estimate, tasks));
+                tasks_charged.insert(id, charged);
             }
         }
         Ok(BatchHolds {
             open,
+            tasks_charged,
             job_end_refs,
             by_job,
         })
@@ -336,9 +365,20 @@ impl BatchHolds {
 
     /// After a charge: a hold that resolved is no longer a candidate.
     fn charged(&mut self, id: i64, still_open: bool) {
+        if let Some(n) = self.tasks_charged.get_mut(&id) {
+            *n += 1;
+        }
         if !still_open {
             self.open.remove(&id);
         }
+    }
+
+    /// Whether a hold stays open after one more charge, as the ledger decides it: a plain hold
+    /// resolves with its charge, an array hold with the charge of its last task.
+    fn open_after_charge(&self, id: i64) -> bool {
+        let tasks = self.open.get(&id).and_then(|&(_, t)| t);
+        let charged = self.tasks_charged.get(&id).copied().unwrap_or(0) + 1;
+        tasks.is_some_and(|n| charged < n)
     }
 }
 
@@ -351,11 +391,7 @@ fn reconcile_one(
 ) -> Result<One, LedgerError> {
     let actual = UsdMicros::from_stored(rec.actual_micros);
     let key = format!("charge:run:{}", rec.run_key);
-    let run_note = if rec.run > 0 {
-        format!(" (run {} after requeue)", rec.run)
-    } else {
-        String::new()
-    };
+    let run_note = run_note(rec);
     let hold = holds.find(rec);
     let (outcome, estimate): (ChargeOutcome, Option<i64>) = match hold {
         Some((hold_id, estimate, tasks)) => {
@@ -383,13 +419,8 @@ fn reconcile_one(
             (o, Some(per_run))
         }
         None => {
-            if rec.account == ANONYMIZED {
-                set_waiting(
-                    conn,
-                    rec.id,
-                    WaitReason::AnonymizedAccount,
-                    "the export hides the account and no hold names this job; assign it with `asbb reconcile --job J --account A`",
-                )?;
+            if let Some((why, detail)) = waiting_reason(rec) {
+                set_waiting(conn, rec.id, why, &detail)?;
                 return Ok(One::Waiting);
             }
             let known: Option<i64> = accounts::table
@@ -402,10 +433,7 @@ fn reconcile_one(
                     conn,
                     rec.id,
                     WaitReason::UnknownAccount,
-                    &format!(
-                        "no budget account '{}'; create it (`asbb account create`) or assign the run with `asbb reconcile --job J --account A`",
-                        rec.account
-                    ),
+                    &unknown_account_detail(rec),
                 )?;
                 return Ok(One::Waiting);
             }
@@ -423,10 +451,7 @@ fn reconcile_one(
                     conn,
                     rec.id,
                     WaitReason::AlreadyCharged,
-                    &format!(
-                        "job {} already has a charge booked by hand (entry {entry}); if this cost is extra, book it with `asbb charge --account`",
-                        rec.job_id
-                    ),
+                    &already_charged_detail(rec, entry),
                 )?;
                 return Ok(One::Waiting);
             }
@@ -450,59 +475,343 @@ fn reconcile_one(
     };
     let account = outcome.account.name.clone();
     let partition = outcome.charge.partition.clone();
-    let refund = match rec.job_state.as_deref() {
-        Some(state)
-            if policy.refund_percent > Decimal::ZERO
-                && policy.refund_states.iter().any(|s| s == state)
-                && !actual.is_zero() =>
-        {
-            let amount = actual.mul_decimal(policy.refund_percent / Decimal::from(100))?;
-            if amount.is_zero() {
-                None
-            } else {
-                let reason = format!(
-                    "refund policy: job {} ended {state}, which the user did not cause; {}% of ${actual}",
-                    rec.job_id,
-                    policy.refund_percent.normalize()
-                );
-                let posted = ledger::refund(
-                    conn,
-                    ctx,
-                    &MoneyOp {
-                        account: &account,
-                        amount,
-                        reason: &reason,
-                        key: &format!("refund:run:{}", rec.run_key),
-                        job_id: Some(&rec.job_id),
-                        partition: partition.as_deref(),
-                    },
-                )?;
-                Some(posted.entry.id)
-            }
+    let refund = match policy_refund(policy, rec)? {
+        Some((amount, reason)) => {
+            let posted = ledger::refund(
+                conn,
+                ctx,
+                &MoneyOp {
+                    account: &account,
+                    amount,
+                    reason: &reason,
+                    key: &format!("refund:run:{}", rec.run_key),
+                    job_id: Some(&rec.job_id),
+                    partition: partition.as_deref(),
+                },
+            )?;
+            Some(posted.entry.id)
         }
-        _ => None,
+        None => None,
     };
-    on_backend!(conn, |c| diesel::update(cost_records::table.find(rec.id))
-        .set((
-            cost_records::status.eq("charged"),
-            cost_records::status_reason.eq(""),
-            cost_records::status_detail.eq(""),
-            cost_records::hold_id.eq(outcome.hold.as_ref().map(|h| h.id)),
-            cost_records::charge_entry_id.eq(Some(outcome.charge.id)),
-            cost_records::refund_entry_id.eq(refund),
-            cost_records::estimate_micros.eq(estimate),
-            cost_records::charged_account.eq(Some(&account)),
-            // The partition the run ran in: the hold's, else what the export says.
-            cost_records::charged_partition.eq(partition.as_deref().or(rec.partition.as_deref())),
-            cost_records::reconciled_at.eq(Some(to_naive(ctx.effective_at))),
-        ))
-        .execute(c))?;
+    mark_charged(
+        conn,
+        ctx,
+        rec,
+        &Booked {
+            hold_id: outcome.hold.as_ref().map(|h| h.id),
+            charge_entry: outcome.charge.id,
+            refund_entry: refund,
+            estimate,
+            account: &account,
+            partition: partition.as_deref(),
+        },
+    )?;
     Ok(One::Charged {
         held: outcome.hold.is_some(),
         overrun: !outcome.overrun.is_zero(),
         refunded: refund.is_some(),
         amount: actual,
     })
+}
+
+/// What a run was booked as.
+struct Booked<'a> {
+    hold_id: Option<i64>,
+    charge_entry: i64,
+    refund_entry: Option<i64>,
+    /// The estimate the run had (for accuracy).
+    estimate: Option<i64>,
+    account: &'a str,
+    partition: Option<&'a str>,
+}
+
+const MARK_CHARGED: &[&str] = &[
+    "UPDATE cost_records SET status = 'charged', status_reason = '', status_detail = '', \
+     hold_id = ",
+    ", charge_entry_id = ",
+    ", refund_entry_id = ",
+    ", estimate_micros = ",
+    ", charged_account = ",
+    ", charged_partition = ",
+    ", reconciled_at = ",
+    " WHERE id = ",
+    "",
+];
+
+/// Marks a run charged, with links to what booked it.
+fn mark_charged(
+    conn: &mut DbConn,
+    ctx: &OpContext,
+    rec: &CostRow,
+    b: &Booked<'_>,
+) -> Result<(), LedgerError> {
+    use diesel::sql_types::{BigInt, Nullable, Text, Timestamp};
+    // The partition the run ran in: the hold's, else what the export says.
+    let partition = b.partition.or(rec.partition.as_deref());
+    on_backend!(conn, |c| fixed(
+        MARK_CHARGED,
+        (
+            bind::<Nullable<BigInt>, _>(b.hold_id),
+            bind::<Nullable<BigInt>, _>(Some(b.charge_entry)),
+            bind::<Nullable<BigInt>, _>(b.refund_entry),
+            bind::<Nullable<BigInt>, _>(b.estimate),
+            bind::<Nullable<Text>, _>(Some(b.account)),
+            bind::<Nullable<Text>, _>(partition),
+            bind::<Nullable<Timestamp>, _>(Some(to_naive(ctx.effective_at))),
+            bind::<BigInt, _>(rec.id),
+        )
+    )
+    .execute(c))?;
+    Ok(())
+}
+
+/// Why a run cannot be booked yet, if it cannot: shared by both paths so that they agree.
+fn waiting_reason(rec: &CostRow) -> Option<(WaitReason, String)> {
+    (rec.account == ANONYMIZED).then(|| {
+        (
+            WaitReason::AnonymizedAccount,
+            "the export hides the account and no hold names this job; assign it with `asbb reconcile --job J --account A`".to_string(),
+        )
+    })
+}
+
+fn unknown_account_detail(rec: &CostRow) -> String {
+    format!(
+        "no budget account '{}'; create it (`asbb account create`) or assign the run with `asbb reconcile --job J --account A`",
+        rec.account
+    )
+}
+
+fn already_charged_detail(rec: &CostRow, entry: i64) -> String {
+    format!(
+        "job {} already has a charge booked by hand (entry {entry}); if this cost is extra, book it with `asbb charge --account`",
+        rec.job_id
+    )
+}
+
+fn run_note(rec: &CostRow) -> String {
+    if rec.run > 0 {
+        format!(" (run {} after requeue)", rec.run)
+    } else {
+        String::new()
+    }
+}
+
+/// The refund the policy gives a run: its amount and reason.
+fn policy_refund(
+    policy: &ReconcilePolicy,
+    rec: &CostRow,
+) -> Result<Option<(UsdMicros, String)>, LedgerError> {
+    let actual = UsdMicros::from_stored(rec.actual_micros);
+    let Some(state) = rec.job_state.as_deref() else {
+        return Ok(None);
+    };
+    if policy.refund_percent <= Decimal::ZERO
+        || !policy.refund_states.iter().any(|s| s == state)
+        || actual.is_zero()
+    {
+        return Ok(None);
+    }
+    let amount = actual.mul_decimal(policy.refund_percent / Decimal::from(100))?;
+    if amount.is_zero() {
+        return Ok(None);
+    }
+    let reason = format!(
+        "refund policy: job {} ended {state}, which the user did not cause; {}% of ${actual}",
+        rec.job_id,
+        policy.refund_percent.normalize()
+    );
+    Ok(Some((amount, reason)))
+}
+
+/// Books a transaction's runs with [`ledger::charge_batch`]. `None` when some run needs the
+/// one-at-a-time path (nothing was written then, and the caller books the batch that way).
+fn reconcile_batch(
+    conn: &mut DbConn,
+    ctx: &OpContext,
+    policy: &ReconcilePolicy,
+    todo: &[&CostRow],
+) -> Result<Option<Vec<One>>, LedgerError> {
+    let mut holds = BatchHolds::load(conn, todo)?;
+    // Which accounts exist, and which jobs have charges booked by hand, for the runs that
+    // may have no hold: one query each.
+    let names: Vec<&str> = todo
+        .iter()
+        .map(|r| r.account.as_str())
+        .filter(|a| *a != ANONYMIZED)
+        .collect();
+    let mut known = std::collections::HashSet::new();
+    for chunk in names.chunks(500) {
+        let found: Vec<String> = on_backend!(conn, |c| accounts::table
+            .filter(accounts::name.eq_any(chunk))
+            .select(accounts::name)
+            .load(c))?;
+        known.extend(found);
+    }
+    let jobs: Vec<&str> = todo.iter().map(|r| r.job_id.as_str()).collect();
+    let mut by_hand: HashMap<String, i64> = HashMap::new();
+    for chunk in jobs.chunks(500) {
+        let found: Vec<(i64, Option<String>, String)> = on_backend!(conn, |c| journal::table
+            .filter(journal::job_id.eq_any(chunk))
+            .filter(journal::kind.eq(EntryKind::Charge.as_str()))
+            .select((journal::id, journal::job_id, journal::idempotency_key))
+            .order(journal::id)
+            .load(c))?;
+        for (id, job, key) in found {
+            let Some(job) = job else { continue };
+            if !key.starts_with(&format!("charge:run:{job}#")) {
+                by_hand.entry(job).or_insert(id);
+            }
+        }
+    }
+    enum Plan {
+        Wait(WaitReason, String),
+        Charge {
+            hold: Option<(i64, bool)>,
+            estimate: Option<i64>,
+        },
+    }
+    struct Texts {
+        key: String,
+        reason: String,
+        refund: Option<(UsdMicros, String, String)>,
+    }
+    let mut plans = Vec::with_capacity(todo.len());
+    let mut texts = Vec::with_capacity(todo.len());
+    for rec in todo {
+        let key = format!("charge:run:{}", rec.run_key);
+        let hold = holds.find(rec);
+        let plan = match hold {
+            Some((hold_id, estimate, tasks)) => {
+                let open = holds.open_after_charge(hold_id);
+                holds.charged(hold_id, open);
+                let per_run = match tasks {
+                    Some(n) if n > 0 => estimate / n,
+                    _ => estimate,
+                };
+                Plan::Charge {
+                    hold: Some((hold_id, open)),
+                    estimate: Some(per_run),
+                }
+            }
+            None => match waiting_reason(rec) {
+                Some((why, detail)) => Plan::Wait(why, detail),
+                None if !known.contains(&rec.account) => {
+                    Plan::Wait(WaitReason::UnknownAccount, unknown_account_detail(rec))
+                }
+                None => match by_hand.get(&rec.job_id) {
+                    Some(&entry) => Plan::Wait(
+                        WaitReason::AlreadyCharged,
+                        already_charged_detail(rec, entry),
+                    ),
+                    None => Plan::Charge {
+                        hold: None,
+                        estimate: rec.producer_estimate_micros,
+                    },
+                },
+            },
+        };
+        let reason = match &plan {
+            Plan::Charge { hold: Some(_), .. } => {
+                format!("actual cost of job {}{}", rec.job_id, run_note(rec))
+            }
+            _ => format!(
+                "actual cost of job {}{}; no hold found",
+                rec.job_id,
+                run_note(rec)
+            ),
+        };
+        let refund = policy_refund(policy, rec)?
+            .map(|(amount, why)| (amount, why, format!("refund:run:{}", rec.run_key)));
+        texts.push(Texts {
+            key,
+            reason,
+            refund,
+        });
+        plans.push(plan);
+    }
+    let mut items = Vec::with_capacity(todo.len());
+    for ((rec, plan), t) in todo.iter().zip(&plans).zip(&texts) {
+        let Plan::Charge { hold, .. } = plan else {
+            continue;
+        };
+        let actual = UsdMicros::from_stored(rec.actual_micros);
+        let target = match hold {
+            Some((hold_id, _)) => BatchTarget::Hold(ChargeHold {
+                hold_id: *hold_id,
+                actual,
+                job_id: Some(&rec.job_id),
+                reason: &t.reason,
+                key: &t.key,
+            }),
+            None => BatchTarget::Unmatched(ChargeUnmatched {
+                account: &rec.account,
+                amount: actual,
+                partition: rec.partition.as_deref(),
+                cluster: None,
+                job_id: Some(&rec.job_id),
+                user_name: rec.user_name.as_deref(),
+                reason: &t.reason,
+                key: &t.key,
+            }),
+        };
+        items.push(BatchCharge {
+            target,
+            refund: t.refund.as_ref().map(|(amount, reason, key)| BatchRefund {
+                amount: *amount,
+                reason,
+                job_id: Some(&rec.job_id),
+                key,
+            }),
+        });
+    }
+    let booked = match ledger::charge_batch(conn, ctx, &items)? {
+        BatchResult::Booked(b) => b,
+        BatchResult::OneByOne { index, why } => {
+            tracing::debug!(index, why, "reconcile books this batch one run at a time");
+            if let Ok(f) = std::env::var("ASBB_DEBUG_FALLBACK") { use std::io::Write; let mut f = std::fs::OpenOptions::new().append(true).create(true).open(f).unwrap(); writeln!(f, "{index} {why}").unwrap(); }
+            return Ok(None);
+        }
+    };
+    let mut booked = booked.into_iter();
+    let mut out = Vec::with_capacity(todo.len());
+    for (rec, plan) in todo.iter().zip(plans) {
+        match plan {
+            Plan::Wait(why, detail) => {
+                set_waiting(conn, rec.id, why, &detail)?;
+                out.push(One::Waiting);
+            }
+            Plan::Charge { hold, estimate } => {
+                let b = booked.next().expect("one booking per charge");
+                // The plan foresaw how the ledger resolves each hold; later runs relied on it.
+                assert_eq!(
+                    b.hold_id.map(|id| (id, b.hold_open)),
+                    hold,
+                    "reconcile planned a hold differently than the ledger booked it"
+                );
+                mark_charged(
+                    conn,
+                    ctx,
+                    rec,
+                    &Booked {
+                        hold_id: b.hold_id,
+                        charge_entry: b.charge_entry,
+                        refund_entry: b.refund_entry,
+                        estimate,
+                        account: &b.account,
+                        partition: b.partition.as_deref(),
+                    },
+                )?;
+                out.push(One::Charged {
+                    held: b.hold_id.is_some(),
+                    overrun: !b.overrun.is_zero(),
+                    refunded: b.refund_entry.is_some(),
+                    amount: UsdMicros::from_stored(rec.actual_micros),
+                });
+            }
+        }
+    }
+    Ok(Some(out))
 }
 
 /// Assigns the waiting runs of a job to an account (for anonymised exports), so the next
