@@ -785,10 +785,6 @@ fn child(spec: &ChildSpec) -> Result<ChildOut> {
     )?;
     let t2 = Instant::now();
     let cpu2 = cpu_us();
-    eprintln!(
-        "    reconcile: {} transactions, {} booked together",
-        rec.batches, rec.booked_together
-    );
     let hwm_end_kb = proc_status_kb("VmHWM")?;
     // A second pass with nothing left to do: what every later reconcile (`asbb-spoold` runs one
     // after each scan) pays for the runs already charged.

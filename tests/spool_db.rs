@@ -923,28 +923,29 @@ fn ledger_dump(conn: &mut DbConn) -> Vec<String> {
     for name in ["physics", "chem"] {
         out.push(format!("{:?}", queries::account(conn, name).unwrap()));
     }
-    let runs: Vec<(
-        String,
-        String,
-        String,
-        Option<i64>,
-        Option<i64>,
-        Option<i64>,
-        Option<i64>,
-        Option<String>,
-        Option<String>,
-    )> = cost_records::table
+    type Run = (
+        (String, String, String),
+        (Option<i64>, Option<i64>, Option<i64>, Option<i64>),
+        (Option<String>, Option<String>),
+    );
+    let runs: Vec<Run> = cost_records::table
         .order(cost_records::run_key)
         .select((
-            cost_records::run_key,
-            cost_records::status,
-            cost_records::status_reason,
-            cost_records::hold_id,
-            cost_records::charge_entry_id,
-            cost_records::refund_entry_id,
-            cost_records::estimate_micros,
-            cost_records::charged_account,
-            cost_records::charged_partition,
+            (
+                cost_records::run_key,
+                cost_records::status,
+                cost_records::status_reason,
+            ),
+            (
+                cost_records::hold_id,
+                cost_records::charge_entry_id,
+                cost_records::refund_entry_id,
+                cost_records::estimate_micros,
+            ),
+            (
+                cost_records::charged_account,
+                cost_records::charged_partition,
+            ),
         ))
         .load(conn)
         .unwrap();

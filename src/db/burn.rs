@@ -635,6 +635,9 @@ pub fn grant_burn(
 /// One stored snapshot.
 #[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Insertable)]
 #[diesel(table_name = burn_snapshots)]
+// `None` is NULL, never DEFAULT: then diesel inserts many rows with one statement on SQLite
+// too (with a possible DEFAULT it sends one statement per row).
+#[diesel(treat_none_as_default_value = false)]
 pub struct SnapshotRow {
     /// Account.
     pub account_id: i64,

@@ -1849,10 +1849,9 @@ pub fn charge_batch(
     let mut keys: Vec<String> = Vec::with_capacity(items.len() * 2);
     for (i, item) in items.iter().enumerate() {
         let digest = match &item.target {
-            BatchTarget::Hold(req) => hold_charge_digest(req).map(|d| {
+            BatchTarget::Hold(req) => hold_charge_digest(req).inspect(|_| {
                 keys.push(format!("{}{RELEASE_KEY_SUFFIX}", req.key));
                 keys.push(req.key.to_string());
-                d
             }),
             BatchTarget::Unmatched(req) => unmatched_digest(req).inspect(|_| {
                 keys.push(req.key.to_string());

@@ -248,7 +248,7 @@ pub fn connect(url: &DbUrl, opts: &ConnectOptions, create: Create) -> Result<DbC
                 SqliteSync::Normal => "NORMAL",
             };
             c.batch_execute(&format!(
-                "PRAGMA busy_timeout = {}; PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync}; PRAGMA foreign_keys = OFF; PRAGMA cache_size = -32768; PRAGMA temp_store = MEMORY;",
+                "PRAGMA busy_timeout = {}; PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync}; PRAGMA foreign_keys = ON; PRAGMA cache_size = -32768; PRAGMA temp_store = MEMORY;",
                 opts.busy_timeout.as_millis()
             ))?;
             Ok(DbConn::Sqlite(c))

@@ -63,6 +63,9 @@ impl AccountRow {
 
 #[derive(Insertable)]
 #[diesel(table_name = accounts)]
+// `None` is NULL, never DEFAULT: then diesel inserts many rows with one statement on SQLite
+// too (with a possible DEFAULT it sends one statement per row).
+#[diesel(treat_none_as_default_value = false)]
 pub(crate) struct NewAccountRow<'a> {
     pub name: &'a str,
     pub display_name: &'a str,
@@ -141,6 +144,9 @@ impl HoldRow {
 
 #[derive(Insertable)]
 #[diesel(table_name = holds)]
+// `None` is NULL, never DEFAULT: then diesel inserts many rows with one statement on SQLite
+// too (with a possible DEFAULT it sends one statement per row).
+#[diesel(treat_none_as_default_value = false)]
 pub(crate) struct NewHoldRow<'a> {
     pub account_id: i64,
     pub partition: Option<&'a str>,
@@ -252,6 +258,9 @@ impl JournalRow {
 
 #[derive(Insertable)]
 #[diesel(table_name = journal)]
+// `None` is NULL, never DEFAULT: then diesel inserts many rows with one statement on SQLite
+// too (with a possible DEFAULT it sends one statement per row).
+#[diesel(treat_none_as_default_value = false)]
 pub(crate) struct NewJournalRow<'a> {
     pub account_id: i64,
     pub seq: i64,
@@ -306,6 +315,9 @@ pub struct AccountChangeRow {
 
 #[derive(Insertable)]
 #[diesel(table_name = account_changes)]
+// `None` is NULL, never DEFAULT: then diesel inserts many rows with one statement on SQLite
+// too (with a possible DEFAULT it sends one statement per row).
+#[diesel(treat_none_as_default_value = false)]
 pub(crate) struct NewAccountChangeRow<'a> {
     pub account_id: i64,
     pub field: &'a str,

@@ -284,7 +284,9 @@ impl BatchHolds {
         let mut names: Vec<String> = batch.iter().map(|r| r.job_id.clone()).collect();
         names.extend(bases.iter().map(|b| b.to_string()));
         let mut by_job: HashMap<String, Vec<i64>> = HashMap::new();
-        let found: Vec<(Option<String>, i64, i64, Option<i64>, i64)> = holds::table
+        // (job, id, estimate, tasks, tasks charged)
+        type OpenHold = (Option<String>, i64, i64, Option<i64>, i64);
+        let found: Vec<OpenHold> = holds::table
             .filter(holds::job_id.eq_any(&names))
             .filter(holds::state.eq(HoldState::Open.as_str()))
             .select((
@@ -769,7 +771,6 @@ fn reconcile_batch(
         BatchResult::Booked(b) => b,
         BatchResult::OneByOne { index, why } => {
             tracing::debug!(index, why, "reconcile books this batch one run at a time");
-            if let Ok(f) = std::env::var("ASBB_DEBUG_FALLBACK") { use std::io::Write; let mut f = std::fs::OpenOptions::new().append(true).create(true).open(f).unwrap(); writeln!(f, "{index} {why}").unwrap(); }
             return Ok(None);
         }
     };

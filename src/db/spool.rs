@@ -368,6 +368,9 @@ fn store_record(
 /// The row of a new cost record.
 #[derive(Insertable, Clone)]
 #[diesel(table_name = cost_records)]
+// `None` is NULL, never DEFAULT: then diesel inserts many rows with one statement on SQLite
+// too (with a possible DEFAULT it sends one statement per row).
+#[diesel(treat_none_as_default_value = false)]
 struct NewCostRow<'a> {
     run_key: String,
     job_id: String,
@@ -422,6 +425,9 @@ fn new_cost_row(c: &crate::spool::CostRecord, now: NaiveDateTime) -> NewCostRow<
 /// A new `spool_files` row.
 #[derive(Insertable, Clone)]
 #[diesel(table_name = spool_files)]
+// `None` is NULL, never DEFAULT: then diesel inserts many rows with one statement on SQLite
+// too (with a possible DEFAULT it sends one statement per row).
+#[diesel(treat_none_as_default_value = false)]
 struct NewFileRow<'a> {
     kind: &'a str,
     name: &'a str,
