@@ -10,6 +10,7 @@
 //! `SELECT … FOR UPDATE`, so accounts never wait on each other.
 
 pub mod audit;
+pub mod check;
 pub mod ledger;
 pub mod models;
 pub mod queries;

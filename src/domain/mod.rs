@@ -1,8 +1,9 @@
-//! The pure domain: money, names, ledger rules, time parsing.
+//! The pure domain: money, names, ledger rules, cost estimates, time parsing.
 //!
 //! Architecture invariant: nothing in `domain` does IO, reads the clock, or knows diesel or a
 //! wire format. Everything here is testable with plain values.
 
+pub mod estimate;
 pub mod ledger;
 pub mod money;
 pub mod names;
