@@ -418,7 +418,10 @@ impl PartitionRates {
         let minimum = crate::domain::UsdMicros::parse(&self.minimum)
             .ok()
             .filter(|m| !m.is_negative())
-            .ok_or(("minimum", format!("'{}' must be an amount like \"0.01\"", self.minimum)))?;
+            .ok_or((
+                "minimum",
+                format!("'{}' must be an amount like \"0.01\"", self.minimum),
+            ))?;
         let max_time_seconds = match self.max_time.trim() {
             "" => None,
             t => match TimeLimit::parse(t) {
@@ -741,8 +744,14 @@ impl Config {
         }
         for (key, v) in [
             ("check.request_timeout", &self.check.request_timeout),
-            ("estimate.correction_window", &self.estimate.correction_window),
-            ("estimate.correction_refresh", &self.estimate.correction_refresh),
+            (
+                "estimate.correction_window",
+                &self.estimate.correction_window,
+            ),
+            (
+                "estimate.correction_refresh",
+                &self.estimate.correction_refresh,
+            ),
         ] {
             match span_or_zero(v) {
                 Ok(d) if !d.is_zero() => {}
@@ -775,12 +784,19 @@ impl Config {
         ) {
             Ok(d) if d > Decimal::ZERO && d <= Decimal::from(100) => Some(d),
             _ => {
-                out(key, format!("'{v}' must be a decimal above 0 and at most 100"));
+                out(
+                    key,
+                    format!("'{v}' must be a decimal above 0 and at most 100"),
+                );
                 None
             }
         };
         let mut push = |k: &str, m: String| bad(k, m);
-        if let Some(d) = factor("estimate.plan_buffer", &self.estimate.plan_buffer, &mut push) {
+        if let Some(d) = factor(
+            "estimate.plan_buffer",
+            &self.estimate.plan_buffer,
+            &mut push,
+        ) {
             if d < Decimal::ONE {
                 push("estimate.plan_buffer", "must be at least 1".into());
             }
@@ -806,7 +822,10 @@ impl Config {
         if !(1..=1_000_000).contains(&self.estimate.correction_min_runs) {
             push(
                 "estimate.correction_min_runs",
-                format!("{} is outside 1..=1000000", self.estimate.correction_min_runs),
+                format!(
+                    "{} is outside 1..=1000000",
+                    self.estimate.correction_min_runs
+                ),
             );
         }
         for (name, r) in &self.partitions {
@@ -929,6 +948,24 @@ impl Config {
             busy_timeout: Duration::from_millis(self.database.busy_timeout_ms),
             sqlite_synchronous: self.sqlite_sync().unwrap_or(SqliteSync::Full),
         }
+    }
+
+    /// The configuration of `asbb-checkd` (without its token, which the binary reads).
+    pub fn server_config(
+        &self,
+        listen: &str,
+        db_url: DbUrl,
+    ) -> Result<crate::check::ServerConfig, ConfigError> {
+        let mut cfg = crate::check::ServerConfig::new(listen, db_url, self.connect_options());
+        cfg.workers = self.check.workers as usize;
+        cfg.request_timeout =
+            span_or_zero(&self.check.request_timeout).unwrap_or(Duration::from_secs(2));
+        cfg.body_bytes_max = self.check.max_body_bytes as usize;
+        cfg.max_batch = self.check.max_batch as usize;
+        cfg.pricing = self.pricing();
+        cfg.correction_refresh =
+            span_or_zero(&self.estimate.correction_refresh).unwrap_or(Duration::from_secs(60));
+        Ok(cfg)
     }
 
     /// The hold buffer (validated at load).

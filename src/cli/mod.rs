@@ -4,6 +4,7 @@
 
 mod account;
 mod admin;
+mod check;
 mod holds;
 mod money;
 mod output;
@@ -63,6 +64,9 @@ pub enum Command {
     Adjust(money::AdjustArgs),
     /// Give charged money back to an account, with a reason.
     Refund(money::RefundArgs),
+    /// Would this job be allowed? Price it, hold its estimate (exit 0), or say why not (exit 3):
+    /// the same check `asbb-checkd` answers for SLURM.
+    Check(check::CheckArgs),
     /// Place, release, expire and inspect holds by hand.
     #[command(subcommand)]
     Hold(holds::HoldCmd),
@@ -244,7 +248,8 @@ pub(crate) fn amount_arg(flag: &str, text: &str) -> Result<UsdMicros, CliError> 
 
 /// Prefixes of the keys asbb derives itself (`charge:hold-7`, `release:hold-7`, …). A key an
 /// admin chooses must not start with one, or it could block the operation it imitates.
-pub(crate) const RESERVED_KEY_PREFIXES: [&str; 7] = [
+pub(crate) const RESERVED_KEY_PREFIXES: [&str; 8] = [
+    "check:",
     "charge:",
     "release:",
     "expiry:",
@@ -315,6 +320,7 @@ pub fn run(cli: &Cli) -> Result<i32, CliError> {
         Command::Deposit(a) => money::deposit(&ctx, a, out),
         Command::Adjust(a) => money::adjust(&ctx, a, out),
         Command::Refund(a) => money::refund(&ctx, a, out),
+        Command::Check(a) => check::run(&ctx, a, out),
         Command::Hold(c) => holds::run(&ctx, c, out),
         Command::Charge(a) => holds::charge(&ctx, a, out),
         Command::Reconcile(a) => spool::reconcile(&ctx, a, out),

@@ -184,7 +184,9 @@ pub fn plan_id(reference: &str) -> Result<String, CheckError> {
     if !ok {
         return Err(CheckError::Invalid {
             field: "plan",
-            message: format!("'{reference}' is neither a plan id nor the path of a plan file (<plan-id>.json)"),
+            message: format!(
+                "'{reference}' is neither a plan id nor the path of a plan file (<plan-id>.json)"
+            ),
         });
     }
     Ok(id.to_string())
@@ -198,7 +200,9 @@ pub fn request_id(text: &str) -> Result<String, CheckError> {
     {
         return Err(CheckError::Invalid {
             field: "request_id",
-            message: format!("must be 1 to {REQUEST_ID_LEN_MAX} printable characters without spaces"),
+            message: format!(
+                "must be 1 to {REQUEST_ID_LEN_MAX} printable characters without spaces"
+            ),
         });
     }
     Ok(text.to_string())
@@ -507,7 +511,7 @@ fn available_of(conn: &mut DbConn, account: &str) -> Result<Option<UsdMicros>, C
 }
 
 /// A denial inside the savepoint of a re-pricing: rolls the release of the old hold back.
-struct Rollback(CheckAnswer);
+struct Rollback(Box<CheckAnswer>);
 
 enum Inner {
     Err(CheckError),
@@ -661,7 +665,7 @@ pub fn commit(
                             a.reason = d.reason.code().into();
                             a.message = d.message;
                             a.replaced_hold = None;
-                            Err(Inner::Rollback(Rollback(a)))
+                            Err(Inner::Rollback(Rollback(Box::new(a))))
                         }
                     }
                 });
@@ -673,7 +677,8 @@ pub fn commit(
                             .and_then(super::models::parse_hold_reference);
                         a
                     }
-                    Err(Inner::Rollback(Rollback(mut a))) => {
+                    Err(Inner::Rollback(Rollback(a))) => {
+                        let mut a = *a;
                         a.budget_remaining =
                             available_of(conn, &req.account)?.map(|x| x.to_string());
                         a
@@ -788,7 +793,12 @@ pub fn check(
     req: &CheckRequest,
 ) -> Result<CheckAnswer, CheckError> {
     let h = if pricing.correction.enabled && pricing.partitions.contains_key(&req.partition) {
-        history(conn, &req.account, &req.partition, since(ctx.effective_at, pricing))?
+        history(
+            conn,
+            &req.account,
+            &req.partition,
+            since(ctx.effective_at, pricing),
+        )?
     } else {
         History::default()
     };

@@ -267,8 +267,7 @@ pub fn parse_gpus(text: &str) -> Result<u64, EstimateError> {
     let word = |s: &str| {
         !s.is_empty()
             && s.len() <= 64
-            && s
-                .bytes()
+            && s.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
     };
     // A gres type (a100, tesla_v100) starts with a letter, so it cannot be mistaken for a count.
@@ -425,7 +424,11 @@ impl Resources {
             ("nodes", self.nodes, NODES_MAX),
             ("CPUs", self.cpus, CPUS_MAX),
             ("GPUs", self.gpus, GPUS_MAX),
-            ("memory (MiB)", self.memory_mb, MEMORY_MB_MAX.saturating_mul(NODES_MAX)),
+            (
+                "memory (MiB)",
+                self.memory_mb,
+                MEMORY_MB_MAX.saturating_mul(NODES_MAX),
+            ),
         ] {
             if value > max {
                 return Err(EstimateError::OutOfRange { what, value, max });
@@ -662,8 +665,24 @@ mod tests {
         assert_eq!(s("0"), TimeLimit::Unlimited);
         assert_eq!(s(" 10 "), TimeLimit::Seconds(600));
         for bad in [
-            "", "-", "1-", "-5", "1:2:3:4", "1-2:3:4:5", "5:60", "1:60:00", "1-24", "a", "1h",
-            "1.5", "1-1-1", "+5", "1- 2", "1--2", "1:", ":1",
+            "",
+            "-",
+            "1-",
+            "-5",
+            "1:2:3:4",
+            "1-2:3:4:5",
+            "5:60",
+            "1:60:00",
+            "1-24",
+            "a",
+            "1h",
+            "1.5",
+            "1-1-1",
+            "+5",
+            "1- 2",
+            "1--2",
+            "1:",
+            ":1",
         ] {
             assert!(TimeLimit::parse(bad).is_err(), "{bad}");
         }
@@ -688,7 +707,10 @@ mod tests {
             resolve_time(Some(TimeLimit::Unlimited), Some(day), 3600),
             (day, TimeSource::PartitionMax)
         );
-        assert_eq!(resolve_time(None, Some(day), 3600), (day, TimeSource::PartitionMax));
+        assert_eq!(
+            resolve_time(None, Some(day), 3600),
+            (day, TimeSource::PartitionMax)
+        );
         assert_eq!(resolve_time(None, None, 3600), (3600, TimeSource::Default));
         assert_eq!(
             resolve_time(Some(TimeLimit::Seconds(2 * day)), Some(day), 3600),
@@ -733,7 +755,15 @@ mod tests {
             assert_eq!(parse_gpus(text).unwrap(), n, "{text}");
         }
         for bad in [
-            "gpu:-1", "gpu:a:b:c", "gpu:2:x", ":2", "gpu=", "gpu=x", "gpu:2,", "g pu:2", "gpu;2",
+            "gpu:-1",
+            "gpu:a:b:c",
+            "gpu:2:x",
+            ":2",
+            "gpu=",
+            "gpu=x",
+            "gpu:2,",
+            "g pu:2",
+            "gpu;2",
             "mem=",
         ] {
             assert!(parse_gpus(bad).is_err(), "{bad}");
@@ -854,7 +884,10 @@ mod tests {
         let c = Correction::learn(&h(10, "100", "115"), &p).unwrap();
         assert_eq!((c.factor, c.bounded, c.runs), (dec("1.15"), false, 10));
         let c = Correction::learn(&h(10, "100", "500"), &p).unwrap();
-        assert_eq!((c.factor, c.observed, c.bounded), (dec("2"), dec("5"), true));
+        assert_eq!(
+            (c.factor, c.observed, c.bounded),
+            (dec("2"), dec("5"), true)
+        );
         let c = Correction::learn(&h(10, "300", "100"), &p).unwrap();
         assert_eq!((c.factor, c.observed), (dec("0.5"), dec("0.3333")));
         assert_eq!(
