@@ -12,6 +12,7 @@
 //! | `cpus` | integer | CPUs of the whole job (default 1 per node) |
 //! | `gpus` | integer or gres string | GPUs of the whole job (`4`, `gpu:a100:4`) |
 //! | `gres` | gres string | GPUs per node (`gpu:2`, `gres/gpu:a100:4`) |
+//! | `tres` | TRES string | the job's totals (`cpu=4,mem=16G,node=1,gres/gpu=2`); the fields above win |
 //! | `memory` | string or integer | memory per node (`64G`; a number is MiB) |
 //! | `memory_per_cpu` | string or integer | memory per CPU, instead of `memory` |
 //! | `wall_time` | string or integer | time limit in any SLURM spelling, or minutes |
@@ -27,12 +28,15 @@
 
 use crate::db::check::{self, CheckError, CheckRequest};
 use crate::db::models::parse_hold_reference;
-use crate::domain::estimate::{array_size, parse_gpus, parse_memory_mb, Resources, TimeLimit};
+use crate::domain::estimate::{
+    array_size, parse_gpus, parse_memory_mb, parse_tres, Resources, TimeLimit, Tres,
+};
 use crate::domain::{AccountName, JobId, PartitionName};
 use crate::spool::json::{Fields, J};
 
 /// Every field of the request body.
-pub const FIELDS: [&str; 18] = [
+pub const FIELDS: [&str; 19] = [
+    "tres",
     "account",
     "partition",
     "nodes",
@@ -68,6 +72,8 @@ pub struct RawCheck {
     pub gpus: Option<String>,
     /// `gres`.
     pub gres: Option<String>,
+    /// `tres`.
+    pub tres: Option<String>,
     /// `memory`.
     pub memory: Option<String>,
     /// `memory_per_cpu`.
@@ -131,16 +137,21 @@ impl RawCheck {
             .as_deref()
             .ok_or_else(|| invalid("partition", "is required"))?;
         PartitionName::new(partition).map_err(|e| invalid("partition", e.to_string()))?;
-        let nodes = self.nodes.unwrap_or(1);
+        let tres = match &self.tres {
+            Some(t) => parse_tres(t).map_err(|e| invalid("tres", e.to_string()))?,
+            None => Tres::default(),
+        };
+        let nodes = self.nodes.or(tres.nodes).unwrap_or(1);
         if nodes == 0 {
             return Err(invalid("nodes", "must be at least 1"));
         }
-        let cpus = self.cpus.unwrap_or(nodes);
+        let cpus = self.cpus.or(tres.cpus).unwrap_or(nodes);
         if cpus == 0 {
             return Err(invalid("cpus", "must be at least 1"));
         }
         let mut gpus = match &self.gpus {
             Some(g) => parse_gpus(g).map_err(|e| invalid("gpus", e.to_string()))?,
+            None if self.gres.is_none() => tres.gpus,
             None => 0,
         };
         if let Some(g) = &self.gres {
@@ -163,7 +174,7 @@ impl RawCheck {
             (None, Some(m)) => parse_memory_mb(m)
                 .map_err(|e| invalid("memory_per_cpu", e.to_string()))?
                 .checked_mul(cpus),
-            (None, None) => Some(0),
+            (None, None) => Some(tres.memory_mb.unwrap_or(0)),
         }
         .ok_or_else(|| invalid("memory", "too much memory"))?;
         let resources = Resources {
@@ -324,6 +335,7 @@ pub fn from_json(body: &[u8]) -> Result<RawCheck, CheckError> {
         cpus: integer("cpus")?,
         gpus: string_or_int("gpus")?,
         gres: string("gres")?,
+        tres: string("tres")?,
         memory: string_or_int("memory")?,
         memory_per_cpu: string_or_int("memory_per_cpu")?,
         wall_time: string_or_int("wall_time")?,
@@ -370,6 +382,14 @@ mod tests {
             .unwrap();
         assert_eq!(r.time_limit, Some(TimeLimit::Seconds(5_400)));
         assert_eq!((r.resources.gpus, r.resources.memory_mb), (4, 8_192));
+        let r = from_json(br#"{"account":"a","partition":"p","tres":"cpu=8,mem=4G,node=2,gres/gpu=2"}"#)
+            .unwrap()
+            .validate()
+            .unwrap();
+        assert_eq!(
+            r.resources,
+            Resources { nodes: 2, cpus: 8, gpus: 2, memory_mb: 4_096 }
+        );
     }
 
     #[test]

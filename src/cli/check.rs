@@ -87,6 +87,7 @@ pub(crate) fn run(ctx: &Ctx<'_>, a: &CheckArgs, out: &mut dyn Write) -> Result<i
         cpus: Some(a.cpus),
         gpus: a.gpus.clone(),
         gres: a.gres.clone(),
+        tres: None,
         memory: a.memory.clone(),
         memory_per_cpu: a.memory_per_cpu.clone(),
         wall_time: Some(a.wall_time.clone()),
@@ -127,10 +128,9 @@ pub(crate) fn run(ctx: &Ctx<'_>, a: &CheckArgs, out: &mut dyn Write) -> Result<i
                 let e = &answer.estimate;
                 writeln!(
                     out,
-                    "estimate: {} x ${} per task ({} at the {}{}), time {} ({})",
+                    "estimate: {} x ${} per task (at the {}{}), time {} ({})",
                     e.tasks,
                     e.per_task,
-                    e.source,
                     if e.source == "plan" {
                         "ASBA plan"
                     } else {

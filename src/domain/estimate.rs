@@ -328,6 +328,53 @@ fn check_gpus(n: u64) -> Result<u64, EstimateError> {
     Ok(n)
 }
 
+/// The totals a SLURM TRES string names (`cpu=4,mem=16G,node=1,billing=4,gres/gpu:a100=2`, as
+/// `scontrol show job` prints `ReqTRES`). Keys it does not price are read and ignored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Tres {
+    /// `node=`.
+    pub nodes: Option<u64>,
+    /// `cpu=`.
+    pub cpus: Option<u64>,
+    /// `mem=`, MiB.
+    pub memory_mb: Option<u64>,
+    /// `gres/gpu=` (every type summed).
+    pub gpus: u64,
+}
+
+/// Reads a TRES string (see [`Tres`]).
+pub fn parse_tres(text: &str) -> Result<Tres, EstimateError> {
+    let t = text.trim();
+    let bad = || EstimateError::BadGres(t.to_string());
+    let mut out = Tres::default();
+    if t.is_empty() {
+        return Ok(out);
+    }
+    for entry in t.split(',') {
+        let (key, value) = entry.trim().split_once('=').ok_or_else(bad)?;
+        let count = || -> Result<u64, EstimateError> {
+            if value.is_empty() || value.len() > 12 || !value.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(bad());
+            }
+            value.parse().map_err(|_| bad())
+        };
+        match key {
+            "cpu" => out.cpus = Some(count()?),
+            "node" => out.nodes = Some(count()?),
+            "mem" => out.memory_mb = Some(parse_memory_mb(value)?),
+            k if k == "gres/gpu" || k.starts_with("gres/gpu:") => {
+                out.gpus = out.gpus.checked_add(count()?).ok_or_else(bad)?;
+            }
+            k if !k.is_empty()
+                && k.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b':' | b'_' | b'-' | b'.')) => {}
+            _ => return Err(bad()),
+        }
+    }
+    check_gpus(out.gpus)?;
+    Ok(out)
+}
+
 /// Counts the tasks of a job array spec: comma-separated indexes and ranges, each range with an
 /// optional step (`0-15:4` is 0, 4, 8, 12), and an optional `%N` limit on tasks running at once
 /// (which does not change how many there are). Indexes given twice count once.
@@ -769,6 +816,24 @@ mod tests {
             assert!(parse_gpus(bad).is_err(), "{bad}");
         }
         assert!(parse_gpus("99999999").is_err());
+    }
+
+    #[test]
+    fn tres_strings() {
+        let t = parse_tres("cpu=4,mem=16G,node=1,billing=4,gres/gpu=2,gres/gpu:a100=2").unwrap();
+        assert_eq!(
+            t,
+            Tres {
+                nodes: Some(1),
+                cpus: Some(4),
+                memory_mb: Some(16_384),
+                gpus: 4
+            }
+        );
+        assert_eq!(parse_tres("").unwrap(), Tres::default());
+        for bad in ["cpu", "cpu=x", "mem=lots", "cpu=4,,node=1", "a b=1"] {
+            assert!(parse_tres(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]
