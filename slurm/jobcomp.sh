@@ -10,7 +10,7 @@
 # for MinJobAge seconds after it ended.
 #
 # Settings: jobs_dir (and scontrol) in /etc/slurm/asbb_submit.conf, the file job_submit.lua
-# reads. Exit 0 always: a failure is logged to syslog-style stderr (slurmctld's log) and the
+# reads. Exit 0 always: a failure is logged (syslog, and jobcomp_log if set) and the
 # job's hold is released later by `asbb recover` (its lifetime, or --sacct).
 set -u
 umask 0027
@@ -18,6 +18,8 @@ umask 0027
 conf=${ASBB_SUBMIT_CONF:-/etc/slurm/asbb_submit.conf}
 jobs_dir=/var/spool/asbb/jobs
 scontrol=scontrol
+log_file=""
+cluster=""
 if [[ -r $conf ]]; then
     while IFS='=' read -r key value; do
         key=${key//[[:space:]]/}
@@ -26,12 +28,18 @@ if [[ -r $conf ]]; then
         case $key in
             jobs_dir) jobs_dir=$value ;;
             scontrol) scontrol=$value ;;
+            jobcomp_log) log_file=$value ;;
+            cluster) cluster=$value ;;
         esac
     done < <(grep -v '^[[:space:]]*#' "$conf")
 fi
 
 fail() {
-    echo "asbb jobcomp: job ${JOBID:-?}: $*" >&2
+    local msg
+    msg="$(date -u +%Y-%m-%dT%H:%M:%SZ) asbb jobcomp: job ${JOBID:-?}: $*"
+    echo "$msg" >&2
+    [[ -n $log_file ]] && echo "$msg" >>"$log_file" 2>/dev/null
+    command -v logger >/dev/null 2>&1 && logger -t asbb-jobcomp -- "$msg" 2>/dev/null
     exit 0
 }
 
@@ -52,7 +60,11 @@ str_or_null() { [[ -n $1 ]] && str "$1" || printf 'null'; }
 [[ ${JOBID:-} =~ ^[0-9]+$ ]] || fail "no JOBID"
 # bash sets UID to its own user (SlurmUser); the job owner's UID is in the environment it got.
 owner_uid=$(tr '\0' '\n' < /proc/$$/environ 2>/dev/null | sed -n 's/^UID=//p' | head -n 1)
-cluster=${CLUSTER:-}
+# CLUSTER is empty without accounting storage: the settings file, else slurm.conf's name.
+[[ -n ${CLUSTER:-} ]] && cluster=$CLUSTER
+if [[ -z $cluster ]]; then
+    cluster=$("$scontrol" show config 2>/dev/null | sed -n 's/^ClusterName *= *//p' | head -n 1)
+fi
 [[ $cluster =~ ^[A-Za-z0-9_-]{1,64}$ ]] || fail "cluster name '$cluster' is not usable in a file name"
 account=$(printf '%s' "${ACCOUNT:-}" | tr 'A-Z' 'a-z')
 [[ $account =~ ^[a-z0-9_.-]{1,64}$ ]] || fail "account '${ACCOUNT:-}' is not a SLURM account name"
@@ -62,6 +74,8 @@ end=${END:-0}
 [[ $end =~ ^[0-9]+$ && $end -gt 0 ]] || end=$(date +%s)
 start=${START:-0}
 [[ $start =~ ^[0-9]+$ && $start -gt 0 && $start -le $end ]] || start=""
+# A job cancelled while pending gets START = END and no nodes: it never started.
+[[ ${NODECNT:-0} == 0 ]] && start=""
 
 # What scontrol still knows: the hold, and the heterogeneous job this component belongs to.
 info=$("$scontrol" show job -o "$JOBID" 2>/dev/null || true)
@@ -72,6 +86,8 @@ het_off=$(printf '%s' "$info" | grep -o 'HetJobOffset=[0-9]*' | head -n 1 | cut 
 
 array_job=$(num "${ARRAYJOBID:-}")
 array_task=$(num "${ARRAYTASKID:-}")
+# ARRAYJOBID is 0 for a job that is not an array.
+[[ $array_job == 0 ]] && array_job=null && array_task=null
 if [[ $array_job != null && $array_task != null && $array_job != 0 ]]; then
     job_id="${array_job}_${array_task}"
 elif [[ -n $het_id && -n $het_off ]]; then
