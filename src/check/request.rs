@@ -382,13 +382,20 @@ mod tests {
             .unwrap();
         assert_eq!(r.time_limit, Some(TimeLimit::Seconds(5_400)));
         assert_eq!((r.resources.gpus, r.resources.memory_mb), (4, 8_192));
-        let r = from_json(br#"{"account":"a","partition":"p","tres":"cpu=8,mem=4G,node=2,gres/gpu=2"}"#)
-            .unwrap()
-            .validate()
-            .unwrap();
+        let r = from_json(
+            br#"{"account":"a","partition":"p","tres":"cpu=8,mem=4G,node=2,gres/gpu=2"}"#,
+        )
+        .unwrap()
+        .validate()
+        .unwrap();
         assert_eq!(
             r.resources,
-            Resources { nodes: 2, cpus: 8, gpus: 2, memory_mb: 4_096 }
+            Resources {
+                nodes: 2,
+                cpus: 8,
+                gpus: 2,
+                memory_mb: 4_096
+            }
         );
     }
 

@@ -366,8 +366,9 @@ pub fn parse_tres(text: &str) -> Result<Tres, EstimateError> {
                 out.gpus = out.gpus.checked_add(count()?).ok_or_else(bad)?;
             }
             k if !k.is_empty()
-                && k.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b':' | b'_' | b'-' | b'.')) => {}
+                && k.bytes().all(|b| {
+                    b.is_ascii_alphanumeric() || matches!(b, b'/' | b':' | b'_' | b'-' | b'.')
+                }) => {}
             _ => return Err(bad()),
         }
     }
