@@ -48,7 +48,7 @@ impl Checkd {
                 .expect("checkd exited before listening")
                 .unwrap();
             if let Some(rest) = line.split("listening on ").nth(1) {
-                break rest.trim().to_string();
+                break rest.split_whitespace().next().unwrap().to_string();
             }
         };
         // Keep draining stderr so the child never blocks on a full pipe.
@@ -72,6 +72,10 @@ impl Checkd {
     }
 
     fn stop(mut self) -> Option<i32> {
+        self.terminate()
+    }
+
+    fn terminate(&mut self) -> Option<i32> {
         let pid = self.child.id().to_string();
         assert!(Command::new("kill")
             .args(["-TERM", &pid])
@@ -79,6 +83,14 @@ impl Checkd {
             .unwrap()
             .success());
         self.child.wait().unwrap().code()
+    }
+}
+
+impl Drop for Checkd {
+    // A failed test must not leave its server running.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

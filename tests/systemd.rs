@@ -45,7 +45,11 @@ fn every_service_is_hardened_and_runs_as_asbb() {
             assert!(t.contains(want), "{} lacks {want}", s.display());
         }
         if t.contains("Type=simple") {
-            assert!(t.contains("Restart="), "{} has no restart policy", s.display());
+            assert!(
+                t.contains("Restart="),
+                "{} has no restart policy",
+                s.display()
+            );
         }
     }
 }
@@ -60,16 +64,27 @@ fn every_batch_command_has_a_persistent_timer() {
     for cmd in ["spool-scan", "reconcile", "recover"] {
         let timer = format!("asbb-{cmd}.timer");
         assert!(names.contains(&timer), "no {timer}");
-        assert!(names.contains(&format!("asbb-{cmd}.service")), "no service for {timer}");
+        assert!(
+            names.contains(&format!("asbb-{cmd}.service")),
+            "no service for {timer}"
+        );
     }
     for p in all.iter().filter(|p| p.extension().unwrap() == "timer") {
         let t = text(p);
-        assert!(t.contains("Persistent=true"), "{} is not persistent", p.display());
+        assert!(
+            t.contains("Persistent=true"),
+            "{} is not persistent",
+            p.display()
+        );
         let unit = t
             .lines()
             .find_map(|l| l.strip_prefix("Unit="))
             .unwrap_or_else(|| panic!("{} names no unit", p.display()));
-        assert!(names.iter().any(|n| n == unit), "{} starts a missing {unit}", p.display());
+        assert!(
+            names.iter().any(|n| n == unit),
+            "{} starts a missing {unit}",
+            p.display()
+        );
         let service = text(&p.with_file_name(unit));
         assert!(service.contains("Type=oneshot"), "{unit} is not a oneshot");
     }
