@@ -1060,6 +1060,32 @@ mod tests {
     }
 
     #[test]
+    fn check_and_rate_problems_name_their_key() {
+        let f = write(
+            "[check]\nlisten = \"nowhere\"\n[estimate]\nunpriced_partitions = \"maybe\"\ndefault_time_limit = \"UNLIMITED\"\n[partitions.aws]\ncpu_hour = \"1e3\"\n[partitions.gpu]\nmax_time = \"soon\"\n",
+        );
+        let ConfigError::Invalid(problems) = load(Some(f.path()), &env_of(&[])).unwrap_err() else {
+            panic!()
+        };
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "check.listen",
+                "estimate.default_time_limit",
+                "estimate.unpriced_partitions",
+                "partitions.aws.cpu_hour",
+                "partitions.gpu.max_time"
+            ]
+        );
+        let f = write("[partitions.aws]\ncpu_hour = \"0.05\"\nmax_time = \"2-00:00:00\"\n");
+        let p = load(Some(f.path()), &env_of(&[])).unwrap().config.pricing();
+        let r = &p.partitions["aws"];
+        assert_eq!(r.cpu_hour.to_string(), "0.05");
+        assert_eq!(r.max_time_seconds, Some(172_800));
+    }
+
+    #[test]
     fn a_missing_named_file_is_an_error() {
         let e = load(Some(Path::new("/nonexistent/asbb.toml")), &env_of(&[])).unwrap_err();
         assert!(matches!(e, ConfigError::Read { .. }));

@@ -8,7 +8,8 @@
 //!   answered 503 `overloaded` at once);
 //! - a fixed pool of **workers** reads requests with deadlines ([`http`]), validates and prices
 //!   checks (reading plans on their own connections), and answers;
-//! - one **writer** owns the only write connection. It takes every check waiting in its queue
+//! - one **writer** (on PostgreSQL, one per worker) owns a write connection. It takes every
+//!   check waiting in its queue
 //!   (up to `max_batch`) and commits them in one write transaction, each in its own savepoint
 //!   (`db::check::commit` joins the caller's transaction): one disk sync for all of them, and a
 //!   check that fails is rolled back alone. Answers go out only after the commit;
@@ -235,13 +236,23 @@ pub fn serve(
     let (conn_tx, conn_rx) = mpsc::sync_channel::<TcpStream>(workers * QUEUE_PER_WORKER);
     let conn_rx = Arc::new(std::sync::Mutex::new(conn_rx));
     let (job_tx, job_rx) = mpsc::sync_channel::<Job>(WRITER_QUEUE);
-
-    let writer = {
-        let shared = Arc::clone(&shared);
-        std::thread::Builder::new()
-            .name("checkd-writer".into())
-            .spawn(move || write_loop(&shared, job_rx))?
+    let job_rx = Arc::new(std::sync::Mutex::new(job_rx));
+    // SQLite has one writer anyway: one thread that commits many checks at once. PostgreSQL
+    // locks per account, so several writers commit in parallel (each still batching).
+    let writers = match shared.cfg.db_url.backend() {
+        db::Backend::Sqlite => 1,
+        db::Backend::Postgres => workers,
     };
+    let mut writer_threads = Vec::with_capacity(writers);
+    for i in 0..writers {
+        let shared = Arc::clone(&shared);
+        let rx = Arc::clone(&job_rx);
+        writer_threads.push(
+            std::thread::Builder::new()
+                .name(format!("checkd-writer-{i}"))
+                .spawn(move || write_loop(&shared, &rx))?,
+        );
+    }
     let refresher = {
         let shared = Arc::clone(&shared);
         std::thread::Builder::new()
@@ -276,7 +287,9 @@ pub fn serve(
     for w in pool {
         let _ = w.join();
     }
-    let _ = writer.join();
+    for w in writer_threads {
+        let _ = w.join();
+    }
     let _ = refresher.join();
     tracing::info!("asbb-checkd stopped");
     Ok(())
@@ -646,23 +659,29 @@ fn budget_check(
     }
 }
 
-fn write_loop(shared: &Shared, rx: mpsc::Receiver<Job>) {
+fn write_loop(shared: &Shared, rx: &std::sync::Mutex<mpsc::Receiver<Job>>) {
     let mut conn: Option<DbConn> = None;
     let max = shared.cfg.max_batch.max(1);
     loop {
-        let first = match rx.recv_timeout(SHUTDOWN_POLL) {
-            Ok(j) => j,
-            Err(RecvTimeoutError::Timeout) => continue,
-            // Every worker has finished: nothing more will come.
-            Err(RecvTimeoutError::Disconnected) => return,
-        };
-        let mut batch = vec![first];
-        while batch.len() < max {
-            match rx.try_recv() {
-                Ok(j) => batch.push(j),
-                Err(_) => break,
+        // Take what is waiting, then let another writer take the next batch.
+        let batch = {
+            let Ok(rx) = rx.lock() else { return };
+            let first = match rx.recv_timeout(SHUTDOWN_POLL) {
+                Ok(j) => j,
+                Err(RecvTimeoutError::Timeout) => continue,
+                // Every worker has finished: nothing more will come.
+                Err(RecvTimeoutError::Disconnected) => return,
+            };
+            let mut batch = vec![first];
+            while batch.len() < max {
+                match rx.try_recv() {
+                    Ok(j) => batch.push(j),
+                    Err(_) => break,
+                }
             }
-        }
+            batch
+        };
+        let mut batch = batch;
         // Accounts in a stable order, so that two writers (two checkd on one PostgreSQL)
         // lock them in the same order.
         batch.sort_by(|a, b| a.req.account.cmp(&b.req.account));

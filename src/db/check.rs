@@ -608,7 +608,7 @@ pub fn commit(
                 answer.budget_remaining = available_of(conn, &req.account)?.map(|a| a.to_string());
             }
             PricedKind::Hold => {
-                let r = write_transaction(conn, |conn| -> Result<CheckAnswer, Inner> {
+                let hold = |conn: &mut DbConn| -> Result<CheckAnswer, Inner> {
                     let mut a = answer.clone();
                     if let Some(old) = req.replace_hold {
                         a.replaced_hold = replace(conn, ctx, req, old)?;
@@ -668,7 +668,14 @@ pub fn commit(
                             Err(Inner::Rollback(Rollback(Box::new(a))))
                         }
                     }
-                });
+                };
+                // Only a re-pricing needs its own savepoint: a denial must undo the release of
+                // the hold it would have replaced. A plain denial has written nothing.
+                let r = if req.replace_hold.is_some() {
+                    write_transaction(conn, hold)
+                } else {
+                    hold(conn)
+                };
                 answer = match r {
                     Ok(a) => {
                         hold_id = a
