@@ -5,6 +5,7 @@
 //! when absent. Every key can be overridden by `ASBB_<SECTION>_<KEY>` in upper case, e.g.
 //! `ASBB_DATABASE_URL`. Unknown keys are errors, so a typo never silently does nothing.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
@@ -13,6 +14,7 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
 use crate::db::{ConnectOptions, DbUrl, SqliteSync};
+use crate::domain::estimate::{Rates, TimeLimit};
 use crate::domain::time::parse_span;
 
 /// Where asbb looks for its configuration when nothing names a file.
@@ -134,6 +136,66 @@ notify_spool_dir = ""
 # notify_max_attempts times.
 notify_timeout = "30s"
 notify_max_attempts = 5
+
+[check]
+# Where asbb-checkd listens. Keep it on loopback: slurmctld on this host is its only client.
+# (With socket activation, systemd's socket is used instead.)
+listen = "127.0.0.1:8080"
+
+# A file holding a bearer token (one line). When set, every request but GET /health must send
+# "Authorization: Bearer <token>". Empty: no token.
+token_file = ""
+
+# Worker threads answering requests (a fixed pool).
+workers = 4
+
+# A request must arrive in full within this time; a slower client gets 408 and is cut off.
+request_timeout = "2s"
+
+# Largest request body, bytes; larger ones get 413 without being read.
+max_body_bytes = 65536
+
+# Checks arriving together are committed in one write transaction (each in its own savepoint),
+# at most this many: one disk sync for all of them.
+max_batch = 64
+
+# The cluster name recorded on holds when a check does not give one.
+cluster = ""
+
+[estimate]
+# What a job without a time limit (or UNLIMITED) is priced at when its partition has no
+# max_time: a SLURM time limit such as "01:00:00" or "1-00:00:00".
+default_time_limit = "1-00:00:00"
+
+# A partition without a [partitions.NAME] table: "refuse" (the check denies the job with the
+# reason unpriced_partition) or "allow" (the job runs and nothing is held).
+unpriced_partitions = "refuse"
+
+# An ASBA plan's cost ceiling already includes ASBA's own buffer; it is held times this factor.
+plan_buffer = "1"
+
+# Learned corrections: the estimate of an account and partition is multiplied by
+# actual / estimated over its runs reconciled in the last correction_window, once there are
+# correction_min_runs of them, bounded to [correction_min_factor, correction_max_factor].
+correction = true
+correction_min_runs = 5
+correction_min_factor = "0.5"
+correction_max_factor = "2"
+correction_window = "90d"
+# asbb-checkd re-reads the history this often.
+correction_refresh = "60s"
+
+# Rates per partition, USD per hour of one unit (quoted decimals, kept exact). Every key is
+# optional (0 = free); minimum is the least one job (one array task) is estimated at; max_time
+# is what a job without a time limit is priced at.
+#
+# [partitions.gpu-aws]
+# node_hour = "0"
+# cpu_hour = "0.05"
+# gpu_hour = "3.06"
+# mem_gb_hour = "0.004"
+# minimum = "0.01"
+# max_time = "2-00:00:00"
 "#;
 
 /// The whole configuration.
@@ -154,6 +216,12 @@ pub struct Config {
     pub burn: BurnConfig,
     /// `[alerts]`.
     pub alerts: AlertsConfig,
+    /// `[check]`.
+    pub check: CheckConfig,
+    /// `[estimate]`.
+    pub estimate: EstimateConfig,
+    /// `[partitions.NAME]`: rates per partition.
+    pub partitions: BTreeMap<String, PartitionRates>,
 }
 
 /// `[burn]`.
@@ -180,6 +248,40 @@ impl Default for BurnConfig {
             min_active_days: 7,
             critical_days: 14,
             status_dir: String::new(),
+        }
+    }
+}
+
+/// `[check]`: asbb-checkd.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CheckConfig {
+    /// Listen address.
+    pub listen: String,
+    /// Bearer token file, or empty.
+    pub token_file: String,
+    /// Worker threads.
+    pub workers: u64,
+    /// Time a request has to arrive.
+    pub request_timeout: String,
+    /// Largest body.
+    pub max_body_bytes: u64,
+    /// Checks per group commit.
+    pub max_batch: u64,
+    /// Default cluster name.
+    pub cluster: String,
+}
+
+impl Default for CheckConfig {
+    fn default() -> Self {
+        CheckConfig {
+            listen: "127.0.0.1:8080".into(),
+            token_file: String::new(),
+            workers: 4,
+            request_timeout: "2s".into(),
+            max_body_bytes: 65_536,
+            max_batch: 64,
+            cluster: String::new(),
         }
     }
 }
@@ -230,6 +332,46 @@ impl Default for AlertsConfig {
     }
 }
 
+/// `[estimate]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EstimateConfig {
+    /// Time priced for unlimited jobs in partitions without max_time.
+    pub default_time_limit: String,
+    /// `refuse` or `allow`.
+    pub unpriced_partitions: String,
+    /// Buffer on plan ceilings.
+    pub plan_buffer: String,
+    /// Learned corrections on or off.
+    pub correction: bool,
+    /// Runs needed.
+    pub correction_min_runs: u64,
+    /// Lower bound.
+    pub correction_min_factor: String,
+    /// Upper bound.
+    pub correction_max_factor: String,
+    /// History window.
+    pub correction_window: String,
+    /// How often asbb-checkd re-reads the history.
+    pub correction_refresh: String,
+}
+
+impl Default for EstimateConfig {
+    fn default() -> Self {
+        EstimateConfig {
+            default_time_limit: "1-00:00:00".into(),
+            unpriced_partitions: "refuse".into(),
+            plan_buffer: "1".into(),
+            correction: true,
+            correction_min_runs: 5,
+            correction_min_factor: "0.5".into(),
+            correction_max_factor: "2".into(),
+            correction_window: "90d".into(),
+            correction_refresh: "60s".into(),
+        }
+    }
+}
+
 /// Alert thresholds, parsed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AlertThresholds {
@@ -247,6 +389,37 @@ pub struct AlertThresholds {
     pub utilisation_critical: Decimal,
     /// Days before an end that raise an alert.
     pub ending_within_days: i64,
+}
+
+/// `[partitions.NAME]`: USD per hour of one unit, as quoted decimals.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PartitionRates {
+    /// Per node-hour.
+    pub node_hour: String,
+    /// Per CPU-hour.
+    pub cpu_hour: String,
+    /// Per GPU-hour.
+    pub gpu_hour: String,
+    /// Per GiB-hour.
+    pub mem_gb_hour: String,
+    /// Least estimate of one job.
+    pub minimum: String,
+    /// Longest time limit, SLURM spelling; empty = none.
+    pub max_time: String,
+}
+
+impl Default for PartitionRates {
+    fn default() -> Self {
+        PartitionRates {
+            node_hour: "0".into(),
+            cpu_hour: "0".into(),
+            gpu_hour: "0".into(),
+            mem_gb_hour: "0".into(),
+            minimum: "0".into(),
+            max_time: String::new(),
+        }
+    }
 }
 
 /// `[spool]`.
@@ -371,6 +544,42 @@ impl Default for LedgerConfig {
             default_hold_buffer: "1.2".into(),
             hold_lifetime: "7d".into(),
         }
+    }
+}
+
+impl PartitionRates {
+    /// The rates, or the key that is wrong and why.
+    pub fn rates(&self) -> Result<Rates, (&'static str, String)> {
+        let rate = |key: &'static str, v: &str| match Decimal::from_str_exact(v.trim()) {
+            Ok(d) if d >= Decimal::ZERO && d <= Decimal::from(1_000_000) => Ok(d),
+            _ => Err((
+                key,
+                format!("'{v}' must be a decimal USD rate between 0 and 1000000, like \"3.06\""),
+            )),
+        };
+        let minimum = crate::domain::UsdMicros::parse(&self.minimum)
+            .ok()
+            .filter(|m| !m.is_negative())
+            .ok_or((
+                "minimum",
+                format!("'{}' must be an amount like \"0.01\"", self.minimum),
+            ))?;
+        let max_time_seconds = match self.max_time.trim() {
+            "" => None,
+            t => match TimeLimit::parse(t) {
+                Ok(TimeLimit::Seconds(s)) => Some(s),
+                Ok(TimeLimit::Unlimited) => None,
+                Err(e) => return Err(("max_time", e.to_string())),
+            },
+        };
+        Ok(Rates {
+            node_hour: rate("node_hour", &self.node_hour)?,
+            cpu_hour: rate("cpu_hour", &self.cpu_hour)?,
+            gpu_hour: rate("gpu_hour", &self.gpu_hour)?,
+            mem_gb_hour: rate("mem_gb_hour", &self.mem_gb_hour)?,
+            minimum,
+            max_time_seconds,
+        })
     }
 }
 
@@ -711,6 +920,138 @@ impl Config {
                 format!("{} is outside 1..=1000", self.alerts.notify_max_attempts),
             );
         }
+        if self.check.listen.parse::<std::net::SocketAddr>().is_err() {
+            bad(
+                "check.listen",
+                format!(
+                    "'{}' is not an address like 127.0.0.1:8080",
+                    self.check.listen
+                ),
+            );
+        }
+        if !(1..=256).contains(&self.check.workers) {
+            bad(
+                "check.workers",
+                format!("{} is outside 1..=256", self.check.workers),
+            );
+        }
+        if !(1..=1000).contains(&self.check.max_batch) {
+            bad(
+                "check.max_batch",
+                format!("{} is outside 1..=1000", self.check.max_batch),
+            );
+        }
+        if !(1024..=16 << 20).contains(&self.check.max_body_bytes) {
+            bad(
+                "check.max_body_bytes",
+                format!("{} is outside 1024..=16777216", self.check.max_body_bytes),
+            );
+        }
+        if !self.check.cluster.is_empty()
+            && crate::domain::PartitionName::new(&self.check.cluster).is_err()
+        {
+            bad(
+                "check.cluster",
+                format!("'{}' is not a cluster name", self.check.cluster),
+            );
+        }
+        for (key, v) in [
+            ("check.request_timeout", &self.check.request_timeout),
+            (
+                "estimate.correction_window",
+                &self.estimate.correction_window,
+            ),
+            (
+                "estimate.correction_refresh",
+                &self.estimate.correction_refresh,
+            ),
+        ] {
+            match span_or_zero(v) {
+                Ok(d) if !d.is_zero() => {}
+                Ok(_) => bad(key, "must be longer than 0".into()),
+                Err(e) => bad(key, e.to_string()),
+            }
+        }
+        match TimeLimit::parse(&self.estimate.default_time_limit) {
+            Ok(TimeLimit::Seconds(_)) => {}
+            Ok(TimeLimit::Unlimited) => bad(
+                "estimate.default_time_limit",
+                "must be a time limit, not UNLIMITED".into(),
+            ),
+            Err(e) => bad("estimate.default_time_limit", e.to_string()),
+        }
+        if !matches!(
+            self.estimate.unpriced_partitions.as_str(),
+            "refuse" | "allow"
+        ) {
+            bad(
+                "estimate.unpriced_partitions",
+                format!(
+                    "'{}' is neither \"refuse\" nor \"allow\"",
+                    self.estimate.unpriced_partitions
+                ),
+            );
+        }
+        let factor = |key: &str, v: &str, out: &mut dyn FnMut(&str, String)| match Decimal::from_str(
+            v.trim(),
+        ) {
+            Ok(d) if d > Decimal::ZERO && d <= Decimal::from(100) => Some(d),
+            _ => {
+                out(
+                    key,
+                    format!("'{v}' must be a decimal above 0 and at most 100"),
+                );
+                None
+            }
+        };
+        let mut push = |k: &str, m: String| bad(k, m);
+        if let Some(d) = factor(
+            "estimate.plan_buffer",
+            &self.estimate.plan_buffer,
+            &mut push,
+        ) {
+            if d < Decimal::ONE {
+                push("estimate.plan_buffer", "must be at least 1".into());
+            }
+        }
+        let lo = factor(
+            "estimate.correction_min_factor",
+            &self.estimate.correction_min_factor,
+            &mut push,
+        );
+        let hi = factor(
+            "estimate.correction_max_factor",
+            &self.estimate.correction_max_factor,
+            &mut push,
+        );
+        if let (Some(lo), Some(hi)) = (lo, hi) {
+            if lo > Decimal::ONE || hi < Decimal::ONE {
+                push(
+                    "estimate.correction_min_factor",
+                    format!("the bounds [{lo}, {hi}] must include 1"),
+                );
+            }
+        }
+        if !(1..=1_000_000).contains(&self.estimate.correction_min_runs) {
+            push(
+                "estimate.correction_min_runs",
+                format!(
+                    "{} is outside 1..=1000000",
+                    self.estimate.correction_min_runs
+                ),
+            );
+        }
+        for (name, r) in &self.partitions {
+            if crate::domain::PartitionName::new(name).is_err() {
+                push(
+                    &format!("partitions.{name}"),
+                    "is not a SLURM partition name".into(),
+                );
+            }
+            if let Err(m) = r.rates() {
+                push(&format!("partitions.{name}.{}", m.0), m.1);
+            }
+        }
         out
     }
 
@@ -753,6 +1094,37 @@ impl Config {
             .ok()
             .and_then(|d| d.to_std().ok())
             .unwrap_or(Duration::from_secs(30))
+    }
+
+    /// What the check needs to price a job, from `[estimate]`, `[partitions]` and `[ledger]`
+    /// (validated at load).
+    pub fn pricing(&self) -> crate::db::check::Pricing {
+        let dec = |s: &str, d: Decimal| Decimal::from_str(s.trim()).unwrap_or(d);
+        let default_seconds = match TimeLimit::parse(&self.estimate.default_time_limit) {
+            Ok(TimeLimit::Seconds(s)) => s,
+            _ => 86_400,
+        };
+        crate::db::check::Pricing {
+            partitions: self
+                .partitions
+                .iter()
+                .filter_map(|(n, r)| r.rates().ok().map(|r| (n.clone(), r)))
+                .collect(),
+            default_time_seconds: default_seconds,
+            allow_unpriced: self.estimate.unpriced_partitions == "allow",
+            buffer: self.hold_buffer(),
+            plan_buffer: dec(&self.estimate.plan_buffer, Decimal::ONE),
+            hold_lifetime: self.hold_lifetime(),
+            correction: crate::domain::estimate::CorrectionPolicy {
+                enabled: self.estimate.correction,
+                min_runs: self.estimate.correction_min_runs,
+                min_factor: dec(&self.estimate.correction_min_factor, Decimal::new(5, 1)),
+                max_factor: dec(&self.estimate.correction_max_factor, Decimal::from(2)),
+            },
+            correction_window: span_or_zero(&self.estimate.correction_window)
+                .unwrap_or(Duration::from_secs(90 * 86_400)),
+            cluster: (!self.check.cluster.is_empty()).then(|| self.check.cluster.clone()),
+        }
     }
 
     /// The spool directories (empty strings leave a kind out).
@@ -831,6 +1203,24 @@ impl Config {
             busy_timeout: Duration::from_millis(self.database.busy_timeout_ms),
             sqlite_synchronous: self.sqlite_sync().unwrap_or(SqliteSync::Full),
         }
+    }
+
+    /// The configuration of `asbb-checkd` (without its token, which the binary reads).
+    pub fn server_config(
+        &self,
+        listen: &str,
+        db_url: DbUrl,
+    ) -> Result<crate::check::ServerConfig, ConfigError> {
+        let mut cfg = crate::check::ServerConfig::new(listen, db_url, self.connect_options());
+        cfg.workers = self.check.workers as usize;
+        cfg.request_timeout =
+            span_or_zero(&self.check.request_timeout).unwrap_or(Duration::from_secs(2));
+        cfg.body_bytes_max = self.check.max_body_bytes as usize;
+        cfg.max_batch = self.check.max_batch as usize;
+        cfg.pricing = self.pricing();
+        cfg.correction_refresh =
+            span_or_zero(&self.estimate.correction_refresh).unwrap_or(Duration::from_secs(60));
+        Ok(cfg)
     }
 
     /// The hold buffer (validated at load).
@@ -922,6 +1312,32 @@ mod tests {
                 "ledger.hold_lifetime"
             ]
         );
+    }
+
+    #[test]
+    fn check_and_rate_problems_name_their_key() {
+        let f = write(
+            "[check]\nlisten = \"nowhere\"\n[estimate]\nunpriced_partitions = \"maybe\"\ndefault_time_limit = \"UNLIMITED\"\n[partitions.aws]\ncpu_hour = \"1e3\"\n[partitions.gpu]\nmax_time = \"soon\"\n",
+        );
+        let ConfigError::Invalid(problems) = load(Some(f.path()), &env_of(&[])).unwrap_err() else {
+            panic!()
+        };
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "check.listen",
+                "estimate.default_time_limit",
+                "estimate.unpriced_partitions",
+                "partitions.aws.cpu_hour",
+                "partitions.gpu.max_time"
+            ]
+        );
+        let f = write("[partitions.aws]\ncpu_hour = \"0.05\"\nmax_time = \"2-00:00:00\"\n");
+        let p = load(Some(f.path()), &env_of(&[])).unwrap().config.pricing();
+        let r = &p.partitions["aws"];
+        assert_eq!(r.cpu_hour.to_string(), "0.05");
+        assert_eq!(r.max_time_seconds, Some(172_800));
     }
 
     #[test]

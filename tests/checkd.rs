@@ -1,10 +1,12 @@
-//! `asbb-checkd` as a real process: health answers, reason codes, clean shutdown on SIGTERM.
+//! `asbb-checkd` as a real process: checks, health, metrics, reason codes for every kind of bad
+//! request (never a hang), the bearer token, and a clean shutdown on SIGTERM.
 
 mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
 struct Checkd {
     child: Child,
@@ -13,9 +15,19 @@ struct Checkd {
 
 impl Checkd {
     fn start(db_url: &str) -> Checkd {
+        Checkd::start_with(db_url, "")
+    }
+
+    fn start_with(db_url: &str, config_text: &str) -> Checkd {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("asbb.toml");
-        std::fs::write(&config, "").unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "s3cret\n").unwrap();
+        std::fs::write(
+            &config,
+            config_text.replace("TOKEN_FILE", token.to_str().unwrap()),
+        )
+        .unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_asbb-checkd"))
             .args([
                 "--listen",
@@ -36,7 +48,7 @@ impl Checkd {
                 .expect("checkd exited before listening")
                 .unwrap();
             if let Some(rest) = line.split("listening on ").nth(1) {
-                break rest.trim().to_string();
+                break rest.split_whitespace().next().unwrap().to_string();
             }
         };
         // Keep draining stderr so the child never blocks on a full pipe.
@@ -46,6 +58,8 @@ impl Checkd {
 
     fn request(&self, raw: &str) -> (u16, serde_json::Value) {
         let mut s = TcpStream::connect(&self.addr).unwrap();
+        // A hang would fail here instead of blocking the test forever.
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
         s.write_all(raw.as_bytes()).unwrap();
         let mut out = String::new();
         s.read_to_string(&mut out).unwrap();
@@ -58,6 +72,10 @@ impl Checkd {
     }
 
     fn stop(mut self) -> Option<i32> {
+        self.terminate()
+    }
+
+    fn terminate(&mut self) -> Option<i32> {
         let pid = self.child.id().to_string();
         assert!(Command::new("kill")
             .args(["-TERM", &pid])
@@ -67,6 +85,185 @@ impl Checkd {
         self.child.wait().unwrap().code()
     }
 }
+
+impl Drop for Checkd {
+    // A failed test must not leave its server running.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn post(body: &str, extra: &str) -> String {
+    format!(
+        "POST /api/v1/budget/check HTTP/1.1\r\nHost: x\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+const CONFIG: &str = r#"
+[check]
+token_file = "TOKEN_FILE"
+request_timeout = "1s"
+[partitions.aws]
+cpu_hour = "0.60"
+"#;
+
+fn ledger(db: &common::TestDb) {
+    let asbb = |args: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_asbb"))
+            .args(args)
+            .env("ASBB_DATABASE_URL", &db.url)
+            .env("ASBB_CONFIG", "/dev/null")
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    asbb(&[
+        "account",
+        "create",
+        "--account",
+        "lab",
+        "--name",
+        "Lab",
+        "--budget",
+        "10",
+        "--start",
+        "2020-01-01",
+        "--end",
+        "2099-12-31",
+    ]);
+}
+
+const AUTH: &str = "Authorization: Bearer s3cret\r\n";
+
+db_test!(the_budget_check_over_http, |db| {
+    ledger(&db);
+    let c = Checkd::start_with(&db.url, CONFIG);
+    let job = r#"{"account":"lab","partition":"aws","nodes":1,"cpus":2,"wall_time":"1:00:00","user_id":"alice","request_id":"r-1"}"#;
+    let (code, a) = c.request(&post(job, AUTH));
+    assert_eq!(code, 200, "{a}");
+    assert_eq!(
+        (
+            &a["available"],
+            &a["reason"],
+            &a["estimated_cost"],
+            &a["hold_amount"],
+            &a["budget_remaining"]
+        ),
+        (
+            &true.into(),
+            &"ok".into(),
+            &"1.20".into(),
+            &"1.44".into(),
+            &"8.56".into()
+        )
+    );
+    let hold = a["transaction_id"].as_str().unwrap().to_string();
+    // A retry with the same request id: the first answer, no second hold.
+    let (code, again) = c.request(&post(job, AUTH));
+    assert_eq!(
+        (code, again["transaction_id"].as_str(), &again["replayed"]),
+        (200, Some(hold.as_str()), &true.into())
+    );
+    let (code, e) = c.request(&post(&job.replace("2,", "3,"), AUTH));
+    assert_eq!(
+        (code, e["reason"].as_str()),
+        (409, Some("request_id_conflict"))
+    );
+    // Denied: 200 with available false; an unknown account: 404.
+    let (code, d) = c.request(&post(
+        r#"{"account":"lab","partition":"aws","cpus":64,"wall_time":"1-00:00:00"}"#,
+        AUTH,
+    ));
+    assert_eq!(
+        (code, d["available"].as_bool(), d["reason"].as_str()),
+        (200, Some(false), Some("insufficient_funds"))
+    );
+    let (code, d) = c.request(&post(r#"{"account":"nobody","partition":"aws"}"#, AUTH));
+    assert_eq!((code, d["reason"].as_str()), (404, Some("unknown_account")));
+    // Bad requests, each with a reason and the field.
+    for (body, field) in [
+        ("{not json", "body"),
+        (
+            r#"{"account":"lab","partition":"aws","nodes":"two"}"#,
+            "nodes",
+        ),
+        (
+            r#"{"account":"lab","partition":"aws","wall_time":"whenever"}"#,
+            "wall_time",
+        ),
+        (
+            r#"{"account":"lab","partition":"aws","colour":"red"}"#,
+            "body",
+        ),
+        (r#"{"partition":"aws"}"#, "account"),
+    ] {
+        let (code, e) = c.request(&post(body, AUTH));
+        assert_eq!(
+            (code, e["reason"].as_str(), e["field"].as_str()),
+            (400, Some("invalid_request"), Some(field)),
+            "{body}: {e}"
+        );
+        assert_eq!(e["available"], false);
+    }
+    // No token, a wrong token: 401; /health needs none.
+    let (code, e) = c.request(&post(job, ""));
+    assert_eq!((code, e["reason"].as_str()), (401, Some("unauthorized")));
+    let (code, _) = c.request(&post(job, "Authorization: Bearer wrong\r\n"));
+    assert_eq!(code, 401);
+    let (code, _) = c.request("GET /health HTTP/1.0\r\n\r\n");
+    assert_eq!(code, 200);
+    // Too big, announced: refused unread. Chunked: refused.
+    let (code, e) = c.request(&format!(
+        "POST /api/v1/budget/check HTTP/1.1\r\n{AUTH}Content-Length: 99999999\r\n\r\n"
+    ));
+    assert_eq!((code, e["reason"].as_str()), (413, Some("body_too_large")));
+    let (code, e) = c.request(&format!("POST /api/v1/budget/check HTTP/1.1\r\n{AUTH}Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"));
+    assert_eq!((code, e["reason"].as_str()), (411, Some("length_required")));
+    // A slow client (announces 50 bytes, sends 5): 408 after the request timeout, no hang.
+    let (code, e) = c.request(&format!(
+        "POST /api/v1/budget/check HTTP/1.1\r\n{AUTH}Content-Length: 50\r\n\r\n{{\"ac"
+    ));
+    assert_eq!((code, e["reason"].as_str()), (408, Some("request_timeout")));
+    // Keep-alive: two requests on one connection.
+    let mut s = TcpStream::connect(&c.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let one = format!("GET /version HTTP/1.1\r\n{AUTH}\r\n");
+    s.write_all(format!("{one}{one}").as_bytes()).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while String::from_utf8_lossy(&got)
+        .matches("HTTP/1.1 200")
+        .count()
+        < 2
+    {
+        let n = s.read(&mut buf).unwrap();
+        assert!(
+            n > 0,
+            "connection closed early: {}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&buf[..n]);
+    }
+    // Metrics: checks by outcome, the latency histogram, holds outstanding.
+    let mut m = TcpStream::connect(&c.addr).unwrap();
+    m.write_all(format!("GET /metrics HTTP/1.0\r\n{AUTH}\r\n").as_bytes())
+        .unwrap();
+    let mut text = String::new();
+    m.read_to_string(&mut text).unwrap();
+    for want in [
+        "asbb_checks_total{outcome=\"allowed\",reason=\"ok\"} 2",
+        "asbb_checks_total{outcome=\"denied\",reason=\"insufficient_funds\"} 1",
+        "asbb_checks_total{outcome=\"rejected\",reason=\"invalid_request\"} 5",
+        "asbb_check_duration_seconds_count",
+        "asbb_holds_outstanding 1",
+        "asbb_holds_outstanding_usd 1.44",
+    ] {
+        assert!(text.contains(want), "{want} missing from\n{text}");
+    }
+    assert_eq!(c.stop(), Some(0));
+});
 
 db_test!(health_of_a_migrated_ledger, |db| {
     let c = Checkd::start(&db.url);

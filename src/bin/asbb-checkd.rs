@@ -1,15 +1,20 @@
-//! `asbb-checkd`: the HTTP endpoint SLURM's submit path talks to.
+//! `asbb-checkd`: the HTTP endpoint SLURM's submit path asks before a job may run.
 //!
-//! Serves `GET /health` (database reachable, schema current) on a loopback address with a small
-//! fixed pool of worker threads. SIGTERM or SIGINT stops accepting, finishes the requests in
-//! hand, and exits 0. No retries: a failed health probe answers 503 with a reason code.
+//! Serves `POST /api/v1/budget/check` (price the job, hold its estimate), `GET /health`,
+//! `GET /metrics` and `GET /version` from a fixed pool of worker threads, with one writer
+//! thread that commits concurrent checks together (see `asbb::check`). Listens on
+//! `check.listen` (loopback by default), or on the socket systemd passes (`LISTEN_FDS`, socket
+//! activation). No retries of its own: a check it cannot decide is answered with a reason code
+//! (503 `database_unavailable`, …) and `job_submit.lua` applies the site's fail policy. SIGTERM
+//! or SIGINT stops accepting, finishes the requests in hand, and exits 0.
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
+use anyhow::Context;
 use clap::Parser;
 
-/// asbb-checkd — the asbb HTTP endpoint (health of the ledger database).
+/// asbb-checkd — the asbb budget check endpoint.
 #[derive(Debug, Parser)]
 #[command(name = "asbb-checkd", version)]
 struct Args {
@@ -19,9 +24,10 @@ struct Args {
     /// Database URL [default: $ASBB_DATABASE_URL, else the config file's database.url].
     #[arg(long, value_name = "URL")]
     database_url: Option<String>,
-    /// Address to listen on. Keep it on loopback unless a proxy guards it.
-    #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR")]
-    listen: String,
+    /// Address to listen on [default: check.listen, 127.0.0.1:8080]. Keep it on loopback
+    /// unless a proxy guards it. Ignored when systemd passes a socket.
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<String>,
 }
 
 fn main() {
@@ -45,20 +51,39 @@ fn main() {
 
 fn run(args: &Args) -> anyhow::Result<()> {
     let loaded = asbb::config::load(args.config.as_deref(), &|k| std::env::var(k).ok())?;
+    let config = &loaded.config;
     let url = args
         .database_url
         .clone()
-        .unwrap_or_else(|| loaded.config.database.url.clone());
+        .unwrap_or_else(|| config.database.url.clone());
     let db_url = asbb::db::DbUrl::parse(&url)?;
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(signal, Arc::clone(&stop))?;
     }
-    let cfg = asbb::check::ServerConfig {
-        listen: args.listen.clone(),
-        db_url,
-        connect: loaded.config.connect_options(),
-    };
-    asbb::check::serve(cfg, stop)?;
+    let listen = args
+        .listen
+        .clone()
+        .unwrap_or_else(|| config.check.listen.clone());
+    let mut cfg = config.server_config(&listen, db_url)?;
+    let token_file = config.check.token_file.trim();
+    if !token_file.is_empty() {
+        let token = std::fs::read_to_string(token_file)
+            .with_context(|| format!("failed to read check.token_file {token_file}"))?;
+        let token = token.trim().to_string();
+        anyhow::ensure!(
+            !token.is_empty(),
+            "check.token_file {token_file} is empty; write a token into it or unset the key"
+        );
+        cfg.token = Some(token);
+    }
+    // Socket activation: systemd passes the listening socket as fd 3 (LISTEN_FDS=1).
+    let inherited = listenfd::ListenFd::from_env()
+        .take_tcp_listener(0)
+        .context("failed to take the socket systemd passed (LISTEN_FDS)")?;
+    if inherited.is_some() {
+        tracing::info!("using the socket passed by systemd");
+    }
+    asbb::check::serve(cfg, inherited, stop)?;
     Ok(())
 }

@@ -1,35 +1,102 @@
-//! The HTTP surface of `asbb-checkd`.
+//! `asbb-checkd`: the minimal HTTP endpoint SLURM's submit path asks.
 //!
-//! This module serves `GET /health`: whether the database answers and its schema is the one
-//! this build knows. The budget check itself (`POST /api/v1/budget/check`) is not served by
-//! this version; unknown paths answer 404 with a reason code.
+//! Routes: `POST /api/v1/budget/check` (price the job, hold its estimate), `GET /health`
+//! (database reachable, schema current), `GET /metrics` (Prometheus text), `GET /version`.
+//!
+//! Threads, all started up front and never more:
+//! - one **acceptor** hands connections to the workers through a bounded queue (a full queue is
+//!   answered 503 `overloaded` at once);
+//! - a fixed pool of **workers** reads requests with deadlines ([`http`]), validates and prices
+//!   checks (reading plans on their own connections), and answers;
+//! - one **writer** (on PostgreSQL, one per worker) owns a write connection. It takes every
+//!   check waiting in its queue
+//!   (up to `max_batch`) and commits them in one write transaction, each in its own savepoint
+//!   (`db::check::commit` joins the caller's transaction): one disk sync for all of them, and a
+//!   check that fails is rolled back alone. Answers go out only after the commit;
+//! - one **refresher** re-reads the estimate-vs-actual history for learned corrections.
+//!
+//! SIGTERM stops the acceptor, lets the workers finish the request in hand, lets the writer
+//! commit what it was given, and returns.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+pub mod http;
+pub mod metrics;
+pub mod request;
 
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
 use serde_json::json;
 
-use crate::db::{self, ConnectOptions, DbUrl};
+use crate::db::check::{self, CheckAnswer, CheckError, CheckRequest, Priced, Pricing};
+use crate::db::ledger::{LedgerError, OpContext};
+use crate::db::{self, ConnectOptions, DbConn, DbUrl};
+use crate::domain::estimate::History;
+use metrics::Metrics;
 
-/// Worker threads: a small fixed pool, so a burst of requests cannot exhaust the host.
+/// Worker threads when the configuration does not say.
 pub const WORKERS: usize = 4;
 
-/// How often a worker looks up from waiting to notice a shutdown request.
+/// Largest request body when the configuration does not say; bigger ones are refused unread.
+pub const BODY_BYTES_MAX: usize = 64 * 1024;
+
+/// Connections waiting for a worker, per worker, before new ones are refused with 503.
+const QUEUE_PER_WORKER: usize = 64;
+
+/// Checks waiting for the writer before new ones are refused with 503.
+const WRITER_QUEUE: usize = 4096;
+
+/// How often idle threads look up to notice a shutdown.
 const SHUTDOWN_POLL: Duration = Duration::from_millis(250);
 
-/// Largest request body read; anything bigger is refused without reading it.
-pub const BODY_BYTES_MAX: usize = 64 * 1024;
+/// Who the journal says placed a check's hold.
+pub const ACTOR: &str = "asbb-checkd";
 
 /// What the server needs.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
-    /// Address to listen on, e.g. `127.0.0.1:8080`.
+    /// Address to listen on, e.g. `127.0.0.1:8080` (unused with an inherited listener).
     pub listen: String,
     /// The database.
     pub db_url: DbUrl,
     /// How to connect.
     pub connect: ConnectOptions,
+    /// Worker threads.
+    pub workers: usize,
+    /// Time a request has to arrive in full.
+    pub request_timeout: Duration,
+    /// Largest body.
+    pub body_bytes_max: usize,
+    /// Checks per group commit.
+    pub max_batch: usize,
+    /// The bearer token every request but `/health` must carry, if set.
+    pub token: Option<String>,
+    /// How jobs are priced.
+    pub pricing: Pricing,
+    /// How often the correction history is re-read.
+    pub correction_refresh: Duration,
+}
+
+impl ServerConfig {
+    /// A configuration with the defaults of `[check]` for everything but the database.
+    pub fn new(listen: &str, db_url: DbUrl, connect: ConnectOptions) -> ServerConfig {
+        ServerConfig {
+            listen: listen.to_string(),
+            db_url,
+            connect,
+            workers: WORKERS,
+            request_timeout: Duration::from_secs(2),
+            body_bytes_max: BODY_BYTES_MAX,
+            max_batch: 64,
+            token: None,
+            pricing: Pricing::default(),
+            correction_refresh: Duration::from_secs(60),
+        }
+    }
 }
 
 /// The answer to `GET /health`: status code and JSON body.
@@ -56,73 +123,652 @@ pub fn health(db_url: &DbUrl, opts: &ConnectOptions) -> (u16, serde_json::Value)
     }
 }
 
-fn respond(req: tiny_http::Request, code: u16, body: &serde_json::Value) {
-    let header = tiny_http::Header::from_bytes("Content-Type", "application/json")
-        .expect("static header is valid");
-    let resp = tiny_http::Response::from_string(body.to_string())
-        .with_status_code(code)
-        .with_header(header);
-    if let Err(e) = req.respond(resp) {
-        tracing::debug!("client went away before the answer: {e}");
-    }
+/// A check that could not be decided, as it is answered: status, reason code, message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// HTTP status.
+    pub status: u16,
+    /// Reason code.
+    pub reason: &'static str,
+    /// The request field at fault, if one is.
+    pub field: Option<&'static str>,
+    /// For a person.
+    pub message: String,
 }
 
-fn handle(req: tiny_http::Request, cfg: &ServerConfig) {
-    let too_big = req.body_length().is_some_and(|n| n > BODY_BYTES_MAX);
-    let path = req.url().split('?').next().unwrap_or("").to_string();
-    match (req.method(), path.as_str()) {
-        _ if too_big => respond(
-            req,
-            413,
-            &json!({"reason": "body_too_large", "message": format!("request bodies are limited to {BODY_BYTES_MAX} bytes")}),
-        ),
-        (tiny_http::Method::Get, "/health") => {
-            let (code, body) = health(&cfg.db_url, &cfg.connect);
-            respond(req, code, &body)
+impl From<&CheckError> for Failure {
+    fn from(e: &CheckError) -> Failure {
+        let (status, reason, field) = match e {
+            CheckError::Invalid { field, .. } => (400, "invalid_request", Some(*field)),
+            CheckError::RequestIdConflict(_) => (409, "request_id_conflict", Some("request_id")),
+            CheckError::InProgress(_) => (409, "request_in_progress", Some("request_id")),
+            CheckError::UnknownHold(_) => (404, "unknown_hold", Some("replace_hold")),
+            CheckError::Ledger(LedgerError::Db(_)) => (503, "database_unavailable", None),
+            CheckError::Ledger(LedgerError::Invalid { .. }) => (400, "invalid_request", None),
+            CheckError::Ledger(_) => (500, "internal_error", None),
+        };
+        Failure {
+            status,
+            reason,
+            field,
+            message: e.to_string(),
         }
-        (_, "/health") => respond(
-            req,
-            405,
-            &json!({"reason": "method_not_allowed", "message": "use GET /health"}),
-        ),
-        _ => respond(
-            req,
-            404,
-            &json!({"reason": "not_found", "message": format!("no endpoint {path}")}),
-        ),
     }
 }
 
-/// Serves until `stop` becomes true; then finishes the requests in hand and returns.
-pub fn serve(cfg: ServerConfig, stop: Arc<AtomicBool>) -> std::io::Result<()> {
-    let server =
-        Arc::new(tiny_http::Server::http(&cfg.listen).map_err(|e| {
-            std::io::Error::other(format!("failed to listen on {}: {e}", cfg.listen))
-        })?);
-    // Logged with the bound address so that `--listen 127.0.0.1:0` tells where it went.
-    match server.server_addr() {
-        tiny_http::ListenAddr::IP(addr) => tracing::info!("asbb-checkd listening on {addr}"),
-        other => tracing::info!("asbb-checkd listening on {other}"),
+impl Failure {
+    fn new(status: u16, reason: &'static str, message: impl Into<String>) -> Failure {
+        Failure {
+            status,
+            reason,
+            field: None,
+            message: message.into(),
+        }
     }
-    let workers: Vec<_> = (0..WORKERS)
-        .map(|_| {
-            let server = Arc::clone(&server);
-            let stop = Arc::clone(&stop);
-            let cfg = cfg.clone();
-            std::thread::spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    match server.recv_timeout(SHUTDOWN_POLL) {
-                        Ok(Some(req)) => handle(req, &cfg),
-                        Ok(None) => {}
-                        Err(e) => tracing::warn!("failed to accept a request: {e}"),
-                    }
-                }
-            })
+
+    /// The JSON body: `available` false, the reason code, the message.
+    pub fn body(&self, request_id: Option<&str>) -> serde_json::Value {
+        json!({
+            "available": false,
+            "reason": self.reason,
+            "field": self.field,
+            "message": self.message,
+            "request_id": request_id,
         })
-        .collect();
-    for w in workers {
+    }
+}
+
+/// The HTTP status of a decided check: 200, or 404 for an account that does not exist.
+pub fn answer_status(a: &CheckAnswer) -> u16 {
+    if a.reason == "unknown_account" {
+        404
+    } else {
+        200
+    }
+}
+
+struct Job {
+    ctx: OpContext,
+    req: CheckRequest,
+    priced: Priced,
+    reply: mpsc::Sender<Result<CheckAnswer, Failure>>,
+}
+
+struct Shared {
+    cfg: ServerConfig,
+    stop: Arc<AtomicBool>,
+    /// Connections handed to the workers and not yet picked up.
+    queued: AtomicUsize,
+    metrics: Metrics,
+    histories: RwLock<HashMap<(String, String), History>>,
+}
+
+/// Serves on `cfg.listen` (or on `inherited`, a socket systemd passed in) until `stop` becomes
+/// true; then finishes the requests in hand and returns.
+pub fn serve(
+    cfg: ServerConfig,
+    inherited: Option<TcpListener>,
+    stop: Arc<AtomicBool>,
+) -> std::io::Result<()> {
+    let listener = match inherited {
+        Some(l) => l,
+        None => TcpListener::bind(&cfg.listen).map_err(|e| {
+            std::io::Error::other(format!("failed to listen on {}: {e}", cfg.listen))
+        })?,
+    };
+    let addr = listener.local_addr()?;
+    // Logged with the bound address so that `--listen 127.0.0.1:0` tells where it went.
+    tracing::info!(
+        "asbb-checkd listening on {addr} ({} workers, {} database)",
+        cfg.workers,
+        cfg.db_url.backend().as_str()
+    );
+    let workers = cfg.workers.max(1);
+    let shared = Arc::new(Shared {
+        cfg,
+        stop: Arc::clone(&stop),
+        queued: AtomicUsize::new(0),
+        metrics: Metrics::default(),
+        histories: RwLock::new(HashMap::new()),
+    });
+    refresh_histories(&shared);
+
+    let (conn_tx, conn_rx) = mpsc::sync_channel::<TcpStream>(workers * QUEUE_PER_WORKER);
+    let conn_rx = Arc::new(std::sync::Mutex::new(conn_rx));
+    let (job_tx, job_rx) = mpsc::sync_channel::<Job>(WRITER_QUEUE);
+    let job_rx = Arc::new(std::sync::Mutex::new(job_rx));
+    // SQLite has one writer anyway: one thread that commits many checks at once. PostgreSQL
+    // locks per account, so several writers commit in parallel (each still batching).
+    let writers = match shared.cfg.db_url.backend() {
+        db::Backend::Sqlite => 1,
+        db::Backend::Postgres => workers,
+    };
+    let mut writer_threads = Vec::with_capacity(writers);
+    for i in 0..writers {
+        let shared = Arc::clone(&shared);
+        let rx = Arc::clone(&job_rx);
+        writer_threads.push(
+            std::thread::Builder::new()
+                .name(format!("checkd-writer-{i}"))
+                .spawn(move || write_loop(&shared, &rx))?,
+        );
+    }
+    let refresher = {
+        let shared = Arc::clone(&shared);
+        std::thread::Builder::new()
+            .name("checkd-refresh".into())
+            .spawn(move || refresh_loop(&shared))?
+    };
+    let mut pool = Vec::with_capacity(workers);
+    for i in 0..workers {
+        let shared = Arc::clone(&shared);
+        let rx = Arc::clone(&conn_rx);
+        let jobs = job_tx.clone();
+        pool.push(
+            std::thread::Builder::new()
+                .name(format!("checkd-worker-{i}"))
+                .spawn(move || worker_loop(&shared, &rx, &jobs))?,
+        );
+    }
+    drop(job_tx);
+    let acceptor = {
+        let shared = Arc::clone(&shared);
+        std::thread::Builder::new()
+            .name("checkd-accept".into())
+            .spawn(move || accept_loop(&shared, &listener, &conn_tx))?
+    };
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(SHUTDOWN_POLL);
+    }
+    tracing::info!("asbb-checkd stopping: finishing the requests in hand");
+    // Wake the acceptor out of accept(); it sees the stop flag and returns.
+    wake(addr);
+    let _ = acceptor.join();
+    for w in pool {
         let _ = w.join();
     }
+    for w in writer_threads {
+        let _ = w.join();
+    }
+    let _ = refresher.join();
     tracing::info!("asbb-checkd stopped");
     Ok(())
+}
+
+fn wake(addr: SocketAddr) {
+    let target = if addr.ip().is_unspecified() {
+        SocketAddr::new(
+            match addr {
+                SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+            },
+            addr.port(),
+        )
+    } else {
+        addr
+    };
+    let _ = TcpStream::connect_timeout(&target, Duration::from_millis(500));
+}
+
+fn accept_loop(shared: &Shared, listener: &TcpListener, tx: &SyncSender<TcpStream>) {
+    for stream in listener.incoming() {
+        if shared.stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let mut stream = match stream {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("failed to accept a connection: {e}");
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        shared.queued.fetch_add(1, Ordering::Relaxed);
+        match tx.try_send(stream) {
+            Ok(()) => {}
+            Err(TrySendError::Full(s) | TrySendError::Disconnected(s)) => {
+                shared.queued.fetch_sub(1, Ordering::Relaxed);
+                stream = s;
+                let f = Failure::new(503, "overloaded", "every worker is busy; try again");
+                shared.metrics.request(503);
+                let _ = http::respond(
+                    &mut stream,
+                    503,
+                    "application/json",
+                    f.body(None).to_string().as_bytes(),
+                    false,
+                );
+            }
+        }
+    }
+}
+
+fn worker_loop(
+    shared: &Shared,
+    rx: &std::sync::Mutex<mpsc::Receiver<TcpStream>>,
+    jobs: &SyncSender<Job>,
+) {
+    let mut conn: Option<DbConn> = None;
+    loop {
+        let next = {
+            let Ok(guard) = rx.lock() else { return };
+            guard.recv_timeout(SHUTDOWN_POLL)
+        };
+        match next {
+            Ok(stream) => {
+                shared.queued.fetch_sub(1, Ordering::Relaxed);
+                serve_connection(shared, stream, &mut conn, jobs);
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                if shared.stop.load(Ordering::Relaxed) {
+                    return;
+                }
+            }
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+    }
+}
+
+fn serve_connection(
+    shared: &Shared,
+    mut stream: TcpStream,
+    conn: &mut Option<DbConn>,
+    jobs: &SyncSender<Job>,
+) {
+    let limits = http::Limits {
+        request_timeout: shared.cfg.request_timeout,
+        body_bytes_max: shared.cfg.body_bytes_max,
+    };
+    let mut buf = Vec::new();
+    let mut first = true;
+    loop {
+        // Between requests, give the connection up when others wait for a worker or we stop.
+        let mut idle = || {
+            first
+                || (!shared.stop.load(Ordering::Relaxed)
+                    && shared.queued.load(Ordering::Relaxed) == 0)
+        };
+        let req = match http::read_request(&mut stream, &mut buf, &limits, &mut idle) {
+            Ok(r) => r,
+            Err(http::ReadError::Closed) => return,
+            Err(e) => {
+                let (code, f) = match e {
+                    http::ReadError::Timeout => (
+                        408,
+                        Failure::new(
+                            408,
+                            "request_timeout",
+                            format!(
+                                "the request did not arrive within {} ms",
+                                limits.request_timeout.as_millis()
+                            ),
+                        ),
+                    ),
+                    http::ReadError::HeadTooLarge => (
+                        431,
+                        Failure::new(
+                            431,
+                            "headers_too_large",
+                            format!(
+                                "request heads are limited to {} bytes",
+                                http::HEAD_BYTES_MAX
+                            ),
+                        ),
+                    ),
+                    http::ReadError::BodyTooLarge(n) => (
+                        413,
+                        Failure::new(
+                            413,
+                            "body_too_large",
+                            format!(
+                                "request bodies are limited to {} bytes; this one announced {n}",
+                                limits.body_bytes_max
+                            ),
+                        ),
+                    ),
+                    http::ReadError::LengthRequired => (
+                        411,
+                        Failure::new(
+                            411,
+                            "length_required",
+                            "send the body with a Content-Length (chunked bodies are not accepted)",
+                        ),
+                    ),
+                    http::ReadError::Malformed(m) => (
+                        400,
+                        Failure::new(
+                            400,
+                            "malformed_http",
+                            format!("not an HTTP/1.1 request: {m}"),
+                        ),
+                    ),
+                    http::ReadError::Closed => return,
+                };
+                shared.metrics.request(code);
+                let _ = http::respond(
+                    &mut stream,
+                    code,
+                    "application/json",
+                    f.body(None).to_string().as_bytes(),
+                    false,
+                );
+                return;
+            }
+        };
+        first = false;
+        let keep_alive = req.keep_alive
+            && !shared.stop.load(Ordering::Relaxed)
+            && shared.queued.load(Ordering::Relaxed) == 0;
+        let (code, content_type, body) = route(shared, &req, conn, jobs);
+        shared.metrics.request(code);
+        if http::respond(&mut stream, code, content_type, body.as_bytes(), keep_alive).is_err()
+            || !keep_alive
+        {
+            return;
+        }
+    }
+}
+
+fn authorized(shared: &Shared, req: &http::Request) -> bool {
+    let Some(token) = &shared.cfg.token else {
+        return true;
+    };
+    let given = req
+        .header("authorization")
+        .and_then(|h| {
+            h.strip_prefix("Bearer ")
+                .or_else(|| h.strip_prefix("bearer "))
+        })
+        .unwrap_or("");
+    // Compare in constant time: the length may leak, the content does not.
+    given.len() == token.len()
+        && given
+            .bytes()
+            .zip(token.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
+fn route(
+    shared: &Shared,
+    req: &http::Request,
+    conn: &mut Option<DbConn>,
+    jobs: &SyncSender<Job>,
+) -> (u16, &'static str, String) {
+    const JSON: &str = "application/json";
+    let fail = |f: Failure| (f.status, JSON, f.body(None).to_string());
+    let method = req.method.as_str();
+    let path = req.path.as_str();
+    let known = ["/api/v1/budget/check", "/health", "/metrics", "/version"];
+    if !known.contains(&path) {
+        return fail(Failure::new(
+            404,
+            "not_found",
+            format!("no endpoint {path}"),
+        ));
+    }
+    if path != "/health" && !authorized(shared, req) {
+        return fail(Failure::new(
+            401,
+            "unauthorized",
+            "send Authorization: Bearer <token> (check.token_file)",
+        ));
+    }
+    match (method, path) {
+        ("POST", "/api/v1/budget/check") => {
+            let started = Instant::now();
+            let (code, body, outcome, reason) = match budget_check(shared, req, conn, jobs) {
+                Ok(a) => {
+                    let outcome = if a.available { "allowed" } else { "denied" };
+                    let reason = a.reason.clone();
+                    (
+                        answer_status(&a),
+                        serde_json::to_string(&a).expect("answers serialise"),
+                        outcome,
+                        reason,
+                    )
+                }
+                Err((f, rid)) => {
+                    let outcome = if f.status >= 500 { "error" } else { "rejected" };
+                    (
+                        f.status,
+                        f.body(rid.as_deref()).to_string(),
+                        outcome,
+                        f.reason.to_string(),
+                    )
+                }
+            };
+            shared.metrics.check(outcome, &reason, started.elapsed());
+            (code, JSON, body)
+        }
+        ("GET", "/health") => {
+            let (code, body) = health(&shared.cfg.db_url, &shared.cfg.connect);
+            (code, JSON, body.to_string())
+        }
+        ("GET", "/metrics") => {
+            let holds = with_conn(shared, conn, |c| {
+                check::holds_outstanding(c).map_err(|e| Failure::from(&e))
+            })
+            .ok()
+            .map(|(n, usd)| (n, usd.to_string()));
+            (
+                200,
+                "text/plain; version=0.0.4",
+                shared.metrics.render(holds),
+            )
+        }
+        ("GET", "/version") => (
+            200,
+            JSON,
+            json!({"version": env!("CARGO_PKG_VERSION")}).to_string(),
+        ),
+        _ => {
+            let allowed = if path == "/api/v1/budget/check" {
+                "POST"
+            } else {
+                "GET"
+            };
+            fail(Failure::new(
+                405,
+                "method_not_allowed",
+                format!("use {allowed} {path}"),
+            ))
+        }
+    }
+}
+
+/// Runs `f` on the worker's read connection, opening it first if needed; a failed database
+/// call drops the connection so the next request opens a fresh one.
+fn with_conn<T>(
+    shared: &Shared,
+    conn: &mut Option<DbConn>,
+    f: impl FnOnce(&mut DbConn) -> Result<T, Failure>,
+) -> Result<T, Failure> {
+    if conn.is_none() {
+        *conn = Some(
+            db::connect_checked(&shared.cfg.db_url, &shared.cfg.connect)
+                .map_err(|e| Failure::new(503, "database_unavailable", e.to_string()))?,
+        );
+    }
+    let c = conn.as_mut().expect("connected above");
+    let r = f(c);
+    if matches!(&r, Err(f) if f.status == 503) {
+        *conn = None;
+    }
+    r
+}
+
+type CheckResult = Result<CheckAnswer, (Failure, Option<String>)>;
+
+fn budget_check(
+    shared: &Shared,
+    req: &http::Request,
+    conn: &mut Option<DbConn>,
+    jobs: &SyncSender<Job>,
+) -> CheckResult {
+    let raw = request::from_json(&req.body).map_err(|e| (Failure::from(&e), None))?;
+    let rid = raw.request_id.clone();
+    let fail = |e: Failure| (e, rid.clone());
+    let creq = raw.validate().map_err(|e| fail(Failure::from(&e)))?;
+    let pricing = &shared.cfg.pricing;
+    let history = if pricing.correction.enabled {
+        shared
+            .histories
+            .read()
+            .ok()
+            .and_then(|h| {
+                h.get(&(creq.account.clone(), creq.partition.clone()))
+                    .copied()
+            })
+            .unwrap_or_default()
+    } else {
+        History::default()
+    };
+    let priced = with_conn(shared, conn, |c| {
+        check::price(c, pricing, &creq, history).map_err(|e| Failure::from(&e))
+    })
+    .map_err(fail)?;
+    let (tx, rx) = mpsc::channel();
+    let job = Job {
+        ctx: OpContext::at(ACTOR, Utc::now()),
+        req: creq,
+        priced,
+        reply: tx,
+    };
+    match jobs.try_send(job) {
+        Ok(()) => {}
+        Err(_) => {
+            return Err(fail(Failure::new(
+                503,
+                "overloaded",
+                "too many checks are waiting to be written; try again",
+            )))
+        }
+    }
+    // The writer answers after its commit; waiting longer than the database may wait for a
+    // lock would only keep a worker from other clients.
+    let wait = shared.cfg.connect.busy_timeout + Duration::from_secs(5);
+    match rx.recv_timeout(wait) {
+        Ok(r) => r.map_err(fail),
+        Err(_) => Err(fail(Failure::new(
+            503,
+            "database_busy",
+            "the ledger did not answer in time; retry with the same request_id to learn the outcome",
+        ))),
+    }
+}
+
+fn write_loop(shared: &Shared, rx: &std::sync::Mutex<mpsc::Receiver<Job>>) {
+    let mut conn: Option<DbConn> = None;
+    let max = shared.cfg.max_batch.max(1);
+    loop {
+        // Take what is waiting, then let another writer take the next batch.
+        let batch = {
+            let Ok(rx) = rx.lock() else { return };
+            let first = match rx.recv_timeout(SHUTDOWN_POLL) {
+                Ok(j) => j,
+                Err(RecvTimeoutError::Timeout) => continue,
+                // Every worker has finished: nothing more will come.
+                Err(RecvTimeoutError::Disconnected) => return,
+            };
+            let mut batch = vec![first];
+            while batch.len() < max {
+                match rx.try_recv() {
+                    Ok(j) => batch.push(j),
+                    Err(_) => break,
+                }
+            }
+            batch
+        };
+        let mut batch = batch;
+        // Accounts in a stable order, so that two writers (two checkd on one PostgreSQL)
+        // lock them in the same order.
+        batch.sort_by(|a, b| a.req.account.cmp(&b.req.account));
+        write_batch(shared, &mut conn, batch);
+    }
+}
+
+fn write_batch(shared: &Shared, conn: &mut Option<DbConn>, batch: Vec<Job>) {
+    if conn.is_none() {
+        match db::connect_checked(&shared.cfg.db_url, &shared.cfg.connect) {
+            Ok(c) => *conn = Some(c),
+            Err(e) => {
+                let f = Failure::new(503, "database_unavailable", e.to_string());
+                for j in batch {
+                    let _ = j.reply.send(Err(f.clone()));
+                }
+                return;
+            }
+        }
+    }
+    let c = conn.as_mut().expect("connected above");
+    let pricing = &shared.cfg.pricing;
+    let result = db::write_transaction(c, |c| {
+        let mut out = Vec::with_capacity(batch.len());
+        for j in &batch {
+            out.push(check::commit(c, &j.ctx, pricing, &j.req, &j.priced));
+        }
+        Ok::<_, CheckError>(out)
+    });
+    match result {
+        Ok(results) => {
+            shared.metrics.commits.fetch_add(1, Ordering::Relaxed);
+            shared
+                .metrics
+                .committed
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            for (j, r) in batch.into_iter().zip(results) {
+                let _ = j.reply.send(r.map_err(|e| Failure::from(&e)));
+            }
+        }
+        Err(e) => {
+            *conn = None;
+            if batch.len() == 1 {
+                let f = Failure::from(&e);
+                for j in batch {
+                    let _ = j.reply.send(Err(f.clone()));
+                }
+            } else {
+                // One commit for many failed (a deadlock, a lost connection): try each alone,
+                // so one bad check cannot fail the others.
+                tracing::warn!(
+                    "a group commit of {} checks failed ({e}); writing them one by one",
+                    batch.len()
+                );
+                for j in batch {
+                    write_batch(shared, conn, vec![j]);
+                }
+            }
+        }
+    }
+}
+
+fn refresh_histories(shared: &Shared) {
+    if !shared.cfg.pricing.correction.enabled {
+        return;
+    }
+    let since = check::since(Utc::now(), &shared.cfg.pricing);
+    let r = db::connect_checked(&shared.cfg.db_url, &shared.cfg.connect)
+        .map_err(|e| e.to_string())
+        .and_then(|mut c| check::histories(&mut c, since).map_err(|e| e.to_string()));
+    match r {
+        Ok(h) => {
+            if let Ok(mut w) = shared.histories.write() {
+                *w = h;
+            }
+        }
+        Err(e) => tracing::warn!("failed to read the estimate history for corrections: {e}"),
+    }
+}
+
+fn refresh_loop(shared: &Shared) {
+    let mut last = Instant::now();
+    while !shared.stop.load(Ordering::Relaxed) {
+        std::thread::sleep(SHUTDOWN_POLL);
+        if last.elapsed() >= shared.cfg.correction_refresh {
+            refresh_histories(shared);
+            last = Instant::now();
+        }
+    }
 }

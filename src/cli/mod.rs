@@ -6,6 +6,7 @@ mod account;
 mod admin;
 mod allocations;
 mod burn;
+mod check;
 mod grant;
 mod holds;
 mod money;
@@ -66,6 +67,9 @@ pub enum Command {
     Adjust(money::AdjustArgs),
     /// Give charged money back to an account, with a reason.
     Refund(money::RefundArgs),
+    /// Would this job be allowed? Price it, hold its estimate (exit 0), or say why not (exit 3):
+    /// the same check `asbb-checkd` answers for SLURM.
+    Check(check::CheckArgs),
     /// Place, release, expire and inspect holds by hand.
     #[command(subcommand)]
     Hold(holds::HoldCmd),
@@ -263,9 +267,10 @@ pub(crate) fn amount_arg(flag: &str, text: &str) -> Result<UsdMicros, CliError> 
 
 /// Prefixes of the keys asbb derives itself (`charge:hold-7`, `release:hold-7`, …). A key an
 /// admin chooses must not start with one, or it could block the operation it imitates.
-pub(crate) const RESERVED_KEY_PREFIXES: [&str; 9] = [
+pub(crate) const RESERVED_KEY_PREFIXES: [&str; 10] = [
     "alloc:",
     "grant:",
+    "check:",
     "charge:",
     "release:",
     "expiry:",
@@ -336,6 +341,7 @@ pub fn run(cli: &Cli) -> Result<i32, CliError> {
         Command::Deposit(a) => money::deposit(&ctx, a, out),
         Command::Adjust(a) => money::adjust(&ctx, a, out),
         Command::Refund(a) => money::refund(&ctx, a, out),
+        Command::Check(a) => check::run(&ctx, a, out),
         Command::Hold(c) => holds::run(&ctx, c, out),
         Command::Charge(a) => holds::charge(&ctx, a, out),
         Command::Reconcile(a) => spool::reconcile(&ctx, a, out),

@@ -27,6 +27,7 @@ pub mod alerts;
 pub mod allocations;
 pub mod audit;
 pub mod burn;
+pub mod check;
 mod fixed;
 pub mod grants;
 pub mod ledger;

@@ -417,6 +417,32 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    checks (id) {
+        id -> BigInt,
+        request_id -> Nullable<Text>,
+        request_digest -> Text,
+        account -> Text,
+        partition -> Text,
+        cluster -> Nullable<Text>,
+        user_name -> Nullable<Text>,
+        job_id -> Nullable<Text>,
+        allowed -> Bool,
+        reason -> Text,
+        hold_id -> Nullable<BigInt>,
+        replaced_hold_id -> Nullable<BigInt>,
+        method -> Text,
+        plan_id -> Nullable<Text>,
+        tasks -> BigInt,
+        base_task_micros -> BigInt,
+        estimate_micros -> BigInt,
+        factor -> Nullable<Text>,
+        seconds -> BigInt,
+        response -> Text,
+        created_at -> Timestamp,
+    }
+}
+
 diesel::joinable!(account_partitions -> accounts (account_id));
 diesel::joinable!(holds -> accounts (account_id));
 diesel::joinable!(journal -> accounts (account_id));
@@ -453,5 +479,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     burn_snapshots,
     burn_cursors,
     burn_runs,
-    alerts
+    alerts,
+    checks
 );

@@ -1,9 +1,10 @@
-//! The pure domain: money, names, ledger rules, time parsing.
+//! The pure domain: money, names, ledger rules, cost estimates, time parsing.
 //!
 //! Architecture invariant: nothing in `domain` does IO, reads the clock, or knows diesel or a
 //! wire format. Everything here is testable with plain values.
 
 pub mod burn;
+pub mod estimate;
 pub mod grant;
 pub mod ledger;
 pub mod money;

@@ -1,0 +1,2 @@
+DROP INDEX cost_records_hold;
+DROP TABLE checks;
