@@ -61,7 +61,13 @@ fn every_batch_command_has_a_persistent_timer() {
         .iter()
         .map(|p| p.file_name().unwrap().to_str().unwrap().to_string())
         .collect();
-    for cmd in ["spool-scan", "reconcile", "recover"] {
+    for cmd in [
+        "spool-scan",
+        "reconcile",
+        "recover",
+        "allocations",
+        "burn-rate",
+    ] {
         let timer = format!("asbb-{cmd}.timer");
         assert!(names.contains(&timer), "no {timer}");
         assert!(
