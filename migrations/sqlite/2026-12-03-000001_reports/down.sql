@@ -1,0 +1,4 @@
+DROP INDEX journal_effective_id;
+DROP INDEX cost_records_refund_entry;
+DROP INDEX cost_records_charge_entry;
+ALTER TABLE cost_records DROP COLUMN instance_types;
