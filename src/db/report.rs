@@ -745,22 +745,45 @@ pub fn account_extent(
     Ok(a.zip(b).map(|(a, b)| (from_naive(a), from_naive(b))))
 }
 
-/// The cost records of charge (or refund) entries: entry id → (instance types, job state,
-/// the charge entry).
+/// What the reports take from a run's cost record.
+#[derive(Debug, Clone, Default)]
+pub struct RunInfo {
+    /// Instance types, comma-separated.
+    pub instance_types: String,
+    /// Final SLURM state.
+    pub job_state: Option<String>,
+    /// The charge entry.
+    pub charge_entry: Option<i64>,
+    /// User.
+    pub user: Option<String>,
+    /// Partition.
+    pub partition: Option<String>,
+}
+
+/// The cost records of charge (or refund) entries, by entry id.
 pub fn cost_records_of(
     conn: &mut DbConn,
     entry_ids: &[i64],
     refunds: bool,
-) -> Result<HashMap<i64, (String, Option<String>, Option<i64>)>, LedgerError> {
+) -> Result<HashMap<i64, RunInfo>, LedgerError> {
     let mut out = HashMap::new();
     for chunk in entry_ids.chunks(IDS_PER_QUERY) {
         let ids: Vec<Option<i64>> = chunk.iter().map(|i| Some(*i)).collect();
-        type R = (Option<i64>, Option<i64>, String, Option<String>);
+        type R = (
+            Option<i64>,
+            Option<i64>,
+            String,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+        );
         let q = cost_records::table.select((
             cost_records::charge_entry_id,
             cost_records::refund_entry_id,
             cost_records::instance_types,
             cost_records::job_state,
+            cost_records::user_name,
+            cost_records::charged_partition,
         ));
         let rows: Vec<R> = if refunds {
             q.filter(cost_records::refund_entry_id.eq_any(ids))
@@ -769,10 +792,19 @@ pub fn cost_records_of(
             q.filter(cost_records::charge_entry_id.eq_any(ids))
                 .load(conn)?
         };
-        for (charge, refund, types, state) in rows {
+        for (charge, refund, types, state, user, partition) in rows {
             let key = if refunds { refund } else { charge };
             if let Some(k) = key {
-                out.insert(k, (types, state, charge));
+                out.insert(
+                    k,
+                    RunInfo {
+                        instance_types: types,
+                        job_state: state,
+                        charge_entry: charge,
+                        user,
+                        partition,
+                    },
+                );
             }
         }
     }

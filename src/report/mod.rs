@@ -807,6 +807,13 @@ impl<'a> Session<'a> {
         progress: &mut dyn FnMut(u64),
     ) -> Result<Vec<FileInfo>, ReportError> {
         let (accounts, grant) = self.scope(req)?;
+        // A grant's budget period is the entries attributed to it, its end-of-period expiry
+        // (effective at the period's end) included: by attribution, not by date.
+        let (from, to) = if grant.is_some() && req.period.is_some() {
+            (None, None)
+        } else {
+            (from, to)
+        };
         let cut = Self::cut_to(to, req.as_of);
         let mut out = self.open(dir, base, Table::Journal, req)?;
         let filter = JournalFilter {
@@ -1224,11 +1231,18 @@ impl<'a> Session<'a> {
                     } else {
                         refunds.get(&r.id)
                     };
+                    // A run's refund is grouped with its charge: user and partition of the run.
                     let key = (
                         names.get(&r.account_id).cloned().unwrap_or_default(),
-                        r.user_name.clone().unwrap_or_default(),
-                        r.partition.clone().unwrap_or_default(),
-                        rec.map(|c| c.0.clone()).unwrap_or_default(),
+                        r.user_name
+                            .clone()
+                            .or_else(|| rec.and_then(|c| c.user.clone()))
+                            .unwrap_or_default(),
+                        r.partition
+                            .clone()
+                            .or_else(|| rec.and_then(|c| c.partition.clone()))
+                            .unwrap_or_default(),
+                        rec.map(|c| c.instance_types.clone()).unwrap_or_default(),
                     );
                     let g = groups.entry(key).or_default();
                     if r.kind == "charge" {
@@ -1400,8 +1414,9 @@ impl<'a> Session<'a> {
                             } else {
                                 "manual"
                             }),
-                            Cell::opt_text(rec.and_then(|c| c.1.as_deref())),
-                            rec.and_then(|c| c.2).map_or(Cell::Empty, Cell::Int),
+                            Cell::opt_text(rec.and_then(|c| c.job_state.as_deref())),
+                            rec.and_then(|c| c.charge_entry)
+                                .map_or(Cell::Empty, Cell::Int),
                             Cell::text(r.reason.clone()),
                             Cell::text(r.actor.clone()),
                         ],
