@@ -448,16 +448,77 @@ fn copy_to_postgres(sqlite_url: &str, admin: &str, name: &str) -> Result<String>
     let mut dst = PgConnection::establish(&url)?;
     let started = Instant::now();
     dst.transaction(|dst| -> Result<()> {
-        copy_table!(&mut src, dst, schema::accounts, AccountsCopy, schema::accounts::id);
-        copy_table!(&mut src, dst, schema::account_changes, AccountChangesCopy, schema::account_changes::id);
-        copy_table!(&mut src, dst, schema::account_partitions, AccountPartitionsCopy, (schema::account_partitions::account_id, schema::account_partitions::partition));
+        copy_table!(
+            &mut src,
+            dst,
+            schema::accounts,
+            AccountsCopy,
+            schema::accounts::id
+        );
+        copy_table!(
+            &mut src,
+            dst,
+            schema::account_changes,
+            AccountChangesCopy,
+            schema::account_changes::id
+        );
+        copy_table!(
+            &mut src,
+            dst,
+            schema::account_partitions,
+            AccountPartitionsCopy,
+            (
+                schema::account_partitions::account_id,
+                schema::account_partitions::partition
+            )
+        );
         copy_table!(&mut src, dst, schema::holds, HoldsCopy, schema::holds::id);
-        let n = copy_table!(&mut src, dst, schema::journal, JournalCopy, schema::journal::id);
-        copy_table!(&mut src, dst, schema::grants, GrantsCopy, schema::grants::id);
-        copy_table!(&mut src, dst, schema::grant_periods, GrantPeriodsCopy, (schema::grant_periods::grant_id, schema::grant_periods::number));
-        copy_table!(&mut src, dst, schema::grant_links, GrantLinksCopy, schema::grant_links::id);
-        copy_table!(&mut src, dst, schema::grant_period_accounts, GrantPeriodAccountsCopy, (schema::grant_period_accounts::grant_id, schema::grant_period_accounts::period, schema::grant_period_accounts::account_id));
-        eprintln!("  postgres: copied {n} journal entries in {:.0} s", started.elapsed().as_secs_f64());
+        let n = copy_table!(
+            &mut src,
+            dst,
+            schema::journal,
+            JournalCopy,
+            schema::journal::id
+        );
+        copy_table!(
+            &mut src,
+            dst,
+            schema::grants,
+            GrantsCopy,
+            schema::grants::id
+        );
+        copy_table!(
+            &mut src,
+            dst,
+            schema::grant_periods,
+            GrantPeriodsCopy,
+            (
+                schema::grant_periods::grant_id,
+                schema::grant_periods::number
+            )
+        );
+        copy_table!(
+            &mut src,
+            dst,
+            schema::grant_links,
+            GrantLinksCopy,
+            schema::grant_links::id
+        );
+        copy_table!(
+            &mut src,
+            dst,
+            schema::grant_period_accounts,
+            GrantPeriodAccountsCopy,
+            (
+                schema::grant_period_accounts::grant_id,
+                schema::grant_period_accounts::period,
+                schema::grant_period_accounts::account_id
+            )
+        );
+        eprintln!(
+            "  postgres: copied {n} journal entries in {:.0} s",
+            started.elapsed().as_secs_f64()
+        );
         Ok(())
     })?;
     dst.batch_execute("ANALYZE")?;
@@ -480,9 +541,28 @@ fn pg_url_with_database(url: &str, database: &str) -> String {
 }
 
 type JournalTuple = (
-    i64, i64, i64, String, i64, i64, i64, i64, Option<i64>, Option<String>, Option<String>,
-    Option<String>, Option<String>, String, String, String, String, String,
-    chrono::NaiveDateTime, chrono::NaiveDateTime, String, String,
+    i64,
+    i64,
+    i64,
+    String,
+    i64,
+    i64,
+    i64,
+    i64,
+    Option<i64>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    String,
+    String,
+    String,
+    String,
+    String,
+    chrono::NaiveDateTime,
+    chrono::NaiveDateTime,
+    String,
+    String,
 );
 
 /// The baselines' read: every journal entry, keyset-paged in (effective_at, id) order like the
@@ -494,16 +574,38 @@ fn scan(conn: &mut DbConn, mut row: impl FnMut(&JournalTuple) -> Result<()>) -> 
     loop {
         let mut q = j::table
             .select((
-                j::id, j::account_id, j::seq, j::kind, j::amount_micros, j::credited_delta_micros,
-                j::charged_delta_micros, j::held_delta_micros, j::hold_id, j::cluster, j::job_id,
-                j::partition, j::user_name, j::actor, j::reason, j::flags, j::idempotency_key,
-                j::request_digest, j::effective_at, j::recorded_at, j::prev_hash, j::hash,
+                j::id,
+                j::account_id,
+                j::seq,
+                j::kind,
+                j::amount_micros,
+                j::credited_delta_micros,
+                j::charged_delta_micros,
+                j::held_delta_micros,
+                j::hold_id,
+                j::cluster,
+                j::job_id,
+                j::partition,
+                j::user_name,
+                j::actor,
+                j::reason,
+                j::flags,
+                j::idempotency_key,
+                j::request_digest,
+                j::effective_at,
+                j::recorded_at,
+                j::prev_hash,
+                j::hash,
             ))
             .order((j::effective_at, j::id))
             .limit(PAGE)
             .into_boxed();
         if let Some((t, id)) = last {
-            q = q.filter(j::effective_at.ge(t).and(j::effective_at.gt(t).or(j::id.gt(id))));
+            q = q.filter(
+                j::effective_at
+                    .ge(t)
+                    .and(j::effective_at.gt(t).or(j::id.gt(id))),
+            );
         }
         let rows: Vec<JournalTuple> = q.load(conn)?;
         let Some(tail) = rows.last() else { break };
@@ -527,15 +629,32 @@ fn child(task: &str, url: &str, out: &Path) -> Result<()> {
     let rows = match task {
         "scan" => scan(&mut conn, |_| Ok(()))?,
         "raw-csv" => {
-            let mut w = csv::Writer::from_writer(std::io::BufWriter::new(std::fs::File::create(out.join("raw.csv"))?));
+            let mut w = csv::Writer::from_writer(std::io::BufWriter::new(std::fs::File::create(
+                out.join("raw.csv"),
+            )?));
             let n = scan(&mut conn, |r| {
                 w.write_record([
-                    r.0.to_string(), r.1.to_string(), r.2.to_string(), r.3.clone(), r.4.to_string(),
-                    r.5.to_string(), r.6.to_string(), r.7.to_string(),
-                    r.8.map(|x| x.to_string()).unwrap_or_default(), r.9.clone().unwrap_or_default(),
-                    r.10.clone().unwrap_or_default(), r.11.clone().unwrap_or_default(),
-                    r.12.clone().unwrap_or_default(), r.13.clone(), r.14.clone(), r.15.clone(),
-                    r.16.clone(), r.18.to_string(), r.19.to_string(), r.20.clone(), r.21.clone(),
+                    r.0.to_string(),
+                    r.1.to_string(),
+                    r.2.to_string(),
+                    r.3.clone(),
+                    r.4.to_string(),
+                    r.5.to_string(),
+                    r.6.to_string(),
+                    r.7.to_string(),
+                    r.8.map(|x| x.to_string()).unwrap_or_default(),
+                    r.9.clone().unwrap_or_default(),
+                    r.10.clone().unwrap_or_default(),
+                    r.11.clone().unwrap_or_default(),
+                    r.12.clone().unwrap_or_default(),
+                    r.13.clone(),
+                    r.14.clone(),
+                    r.15.clone(),
+                    r.16.clone(),
+                    r.18.to_string(),
+                    r.19.to_string(),
+                    r.20.clone(),
+                    r.21.clone(),
                 ])?;
                 Ok(())
             })?;
@@ -548,9 +667,22 @@ fn child(task: &str, url: &str, out: &Path) -> Result<()> {
             let (kind, grant, formats) = if task == "journal" {
                 (Kind::Journal, None, vec![Format::Csv])
             } else {
-                (Kind::GrantStatement, Some(GRANT.to_string()), vec![Format::Csv, Format::Html])
+                (
+                    Kind::GrantStatement,
+                    Some(GRANT.to_string()),
+                    vec![Format::Csv, Format::Html],
+                )
             };
-            let req = Request { kind, grant, account: None, period: None, from: None, to: None, as_of: None, formats };
+            let req = Request {
+                kind,
+                grant,
+                account: None,
+                period: None,
+                from: None,
+                to: None,
+                as_of: None,
+                formats,
+            };
             let mut read = 0u64;
             let w = s.write(&req, out, None, &mut |n| read += n)?;
             let _ = w;
@@ -559,7 +691,10 @@ fn child(task: &str, url: &str, out: &Path) -> Result<()> {
         other => bail!("unknown task {other}"),
     };
     let secs = started.elapsed().as_secs_f64();
-    println!("{}", serde_json::json!({ "secs": secs, "rows": rows, "peak_rss_kb": peak_rss_kb() }));
+    println!(
+        "{}",
+        serde_json::json!({ "secs": secs, "rows": rows, "peak_rss_kb": peak_rss_kb() })
+    );
     Ok(())
 }
 
@@ -590,8 +725,15 @@ fn check(url: &str, out: &Path) -> Result<()> {
     let charged: i64 = accounts.iter().map(|a| a.balances.charged.micros()).sum();
     let mut r = csv::Reader::from_path(out.join("journal.csv"))?;
     let h = r.headers()?.clone();
-    let idx = |name: &str| h.iter().position(|x| x.trim_start_matches('\u{feff}') == name).ok_or_else(|| anyhow!("no column {name}"));
-    let (ci, chi) = (idx("Credited change (micro-USD)")?, idx("Charged change (micro-USD)")?);
+    let idx = |name: &str| {
+        h.iter()
+            .position(|x| x.trim_start_matches('\u{feff}') == name)
+            .ok_or_else(|| anyhow!("no column {name}"))
+    };
+    let (ci, chi) = (
+        idx("Credited change (micro-USD)")?,
+        idx("Charged change (micro-USD)")?,
+    );
     let (mut c, mut ch) = (0i64, 0i64);
     for rec in r.records() {
         let rec = rec?;
@@ -613,30 +755,65 @@ fn check(url: &str, out: &Path) -> Result<()> {
 fn main() -> Result<()> {
     if let Ok(spec) = std::env::var(CHILD_ENV) {
         let mut parts = spec.splitn(3, '\n');
-        let (task, url, out) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+        let (task, url, out) = (
+            parts.next().unwrap_or(""),
+            parts.next().unwrap_or(""),
+            parts.next().unwrap_or(""),
+        );
         return child(task, url, Path::new(out));
     }
     let full = std::env::args().any(|a| a == "--bench");
-    let entries = env_num("ASBB_BENCH_REPORT_ENTRIES", if full { 1_000_000 } else { 3_000 });
+    let entries = env_num(
+        "ASBB_BENCH_REPORT_ENTRIES",
+        if full { 1_000_000 } else { 3_000 },
+    );
     let rounds = env_num("ASBB_BENCH_ROUNDS", if full { 3 } else { 1 }).max(1) as usize;
-    let pg_admin = std::env::var(POSTGRES_ENV).ok().filter(|u| !u.trim().is_empty());
+    let pg_admin = std::env::var(POSTGRES_ENV)
+        .ok()
+        .filter(|u| !u.trim().is_empty());
     let backends: Vec<&str> = match std::env::var("ASBB_BENCH_BACKENDS").as_deref() {
         Ok("sqlite") => vec!["sqlite"],
         Ok("postgres") => vec!["postgres"],
         _ if pg_admin.is_some() && full => vec!["sqlite", "postgres"],
         _ => vec!["sqlite"],
     };
-    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"));
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"));
     let cache = target.join("bench-cache");
     std::fs::create_dir_all(&cache)?;
-    let migrations = std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations/sqlite"))?.count();
-    let sqlite_path = cache.join(format!("reports-{entries}-m{migrations}.db"));
-    let sqlite_url = sqlite_path.to_str().ok_or_else(|| anyhow!("cache path is not UTF-8"))?.to_string();
+    // The cache is keyed by the size and by the migrations' text: a schema change rebuilds it.
+    let migrations = {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations/sqlite");
+        for e in walkdir::WalkDir::new(root).sort_by_file_name() {
+            let e = e?;
+            if e.file_type().is_file() {
+                h.update(std::fs::read(e.path())?);
+            }
+        }
+        h.finalize()
+            .iter()
+            .take(4)
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    let sqlite_path = cache.join(format!("reports-{entries}-{migrations}.db"));
+    let sqlite_url = sqlite_path
+        .to_str()
+        .ok_or_else(|| anyhow!("cache path is not UTF-8"))?
+        .to_string();
     let have = sqlite_path.exists()
         && connect(&sqlite_url, Create::Refuse)
             .ok()
             .and_then(|mut c| asbb::db::check_schema(&mut c).ok().map(|_| c))
-            .and_then(|mut c| schema::journal::table.count().get_result::<i64>(&mut c).ok())
+            .and_then(|mut c| {
+                schema::journal::table
+                    .count()
+                    .get_result::<i64>(&mut c)
+                    .ok()
+            })
             .is_some_and(|n| n as u64 + 1_000 >= entries);
     let n_entries = if have {
         eprintln!("reusing the prepared ledger {}", sqlite_path.display());
@@ -646,7 +823,10 @@ fn main() -> Result<()> {
         for ext in ["", "-wal", "-shm"] {
             let _ = std::fs::remove_file(format!("{sqlite_url}{ext}"));
         }
-        eprintln!("preparing a ledger of about {entries} entries in {} (kept for later runs)", sqlite_path.display());
+        eprintln!(
+            "preparing a ledger of about {entries} entries in {} (kept for later runs)",
+            sqlite_path.display()
+        );
         let tmp_url = format!("{sqlite_url}.building");
         for ext in ["", "-wal", "-shm"] {
             let _ = std::fs::remove_file(format!("{tmp_url}{ext}"));
@@ -659,12 +839,20 @@ fn main() -> Result<()> {
         std::fs::rename(&tmp_url, &sqlite_path)?;
         n
     };
-    let scratch = tempfile::Builder::new().prefix("asbb-bench-reports-").tempdir()?;
+    let scratch = tempfile::Builder::new()
+        .prefix("asbb-bench-reports-")
+        .tempdir()?;
     let mut results = Vec::new();
     for backend in &backends {
         let url = match *backend {
             "sqlite" => sqlite_url.clone(),
-            _ => copy_to_postgres(&sqlite_url, pg_admin.as_deref().ok_or_else(|| anyhow!("{POSTGRES_ENV} is not set"))?, &format!("asbb_bench_reports_{}", std::process::id()))?,
+            _ => copy_to_postgres(
+                &sqlite_url,
+                pg_admin
+                    .as_deref()
+                    .ok_or_else(|| anyhow!("{POSTGRES_ENV} is not set"))?,
+                &format!("asbb_bench_reports_{}", std::process::id()),
+            )?,
         };
         for task in ["scan", "raw-csv", "journal", "grant-statement"] {
             let mut secs = Vec::new();
@@ -686,27 +874,64 @@ fn main() -> Result<()> {
         }
         let last = rounds - 1;
         let out = scratch.path().join(format!("{backend}-journal-{last}"));
-        let gs = scratch.path().join(format!("{backend}-grant-statement-{last}"));
-        std::fs::copy(gs.join(format!("grant-statement-{GRANT}.csv")), out.join(format!("grant-statement-{GRANT}.csv")))?;
+        let gs = scratch
+            .path()
+            .join(format!("{backend}-grant-statement-{last}"));
+        std::fs::copy(
+            gs.join(format!("grant-statement-{GRANT}.csv")),
+            out.join(format!("grant-statement-{GRANT}.csv")),
+        )?;
         check(&url, &out)?;
         if *backend == "postgres" {
             if let Some(admin) = &pg_admin {
                 let mut c = PgConnection::establish(admin)?;
-                let _ = c.batch_execute(&format!("DROP DATABASE IF EXISTS \"asbb_bench_reports_{}\" WITH (FORCE)", std::process::id()));
+                let _ = c.batch_execute(&format!(
+                    "DROP DATABASE IF EXISTS \"asbb_bench_reports_{}\" WITH (FORCE)",
+                    std::process::id()
+                ));
             }
         }
     }
     let mut stdout = std::io::stdout().lock();
-    writeln!(stdout, "\nreports over {n_entries} journal entries ({}; machine shared, figures noisy):", if full { "full" } else { "smoke; `cargo bench --bench reports` for the real size" })?;
-    writeln!(stdout, "{:<9} {:<16} {:>9} {:>9} {:>11} {:>10}", "backend", "task", "median s", "x scan", "x raw csv", "peak MiB")?;
+    writeln!(
+        stdout,
+        "\nreports over {n_entries} journal entries ({}; machine shared, figures noisy):",
+        if full {
+            "full"
+        } else {
+            "smoke; `cargo bench --bench reports` for the real size"
+        }
+    )?;
+    writeln!(
+        stdout,
+        "{:<9} {:<16} {:>9} {:>9} {:>11} {:>10}",
+        "backend", "task", "median s", "x scan", "x raw csv", "peak MiB"
+    )?;
     for (b, task, m, rss, _) in &results {
-        let base = |t: &str| results.iter().find(|r| &r.0 == b && r.1 == t).map(|r| r.2).unwrap_or(f64::NAN);
-        writeln!(stdout, "{b:<9} {task:<16} {m:>9.2} {:>9.2} {:>11.2} {:>10}", m / base("scan"), m / base("raw-csv"), rss / 1024)?;
+        let base = |t: &str| {
+            results
+                .iter()
+                .find(|r| &r.0 == b && r.1 == t)
+                .map(|r| r.2)
+                .unwrap_or(f64::NAN)
+        };
+        writeln!(
+            stdout,
+            "{b:<9} {task:<16} {m:>9.2} {:>9.2} {:>11.2} {:>10}",
+            m / base("scan"),
+            m / base("raw-csv"),
+            rss / 1024
+        )?;
     }
     if full {
         for (b, task, m, rss, _) in &results {
             if *b == "sqlite" && (*task == "journal" || *task == "grant-statement") {
-                writeln!(stdout, "target {task} <= 10 s on SQLite: {} ({m:.2} s, peak {} MiB)", if *m <= 10.0 { "met" } else { "MISSED" }, rss / 1024)?;
+                writeln!(
+                    stdout,
+                    "target {task} <= 10 s on SQLite: {} ({m:.2} s, peak {} MiB)",
+                    if *m <= 10.0 { "met" } else { "MISSED" },
+                    rss / 1024
+                )?;
             }
         }
     }
@@ -714,6 +939,10 @@ fn main() -> Result<()> {
         .iter()
         .map(|(b, t, m, rss, rows)| serde_json::json!({"backend": b, "task": t, "median_secs": m, "peak_rss_kb": rss, "entries": rows}))
         .collect();
-    writeln!(stdout, "{}", serde_json::json!({"bench": "asbb-reports", "mode": if full { "full" } else { "smoke" }, "entries": n_entries, "results": json}))?;
+    writeln!(
+        stdout,
+        "{}",
+        serde_json::json!({"bench": "asbb-reports", "mode": if full { "full" } else { "smoke" }, "entries": n_entries, "results": json})
+    )?;
     Ok(())
 }

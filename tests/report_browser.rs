@@ -44,7 +44,11 @@ fn asbb(dir: &Path, args: &[&str]) {
         .args(args)
         .output()
         .unwrap();
-    assert!(o.status.success(), "asbb {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "asbb {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
 
 fn screenshot(browser: &Path, page: &Path, png: &Path, profile: &Path) {
@@ -95,7 +99,11 @@ struct Seen {
 
 fn rgb(hex: &str) -> [i32; 3] {
     let v = u32::from_str_radix(hex.trim_start_matches('#'), 16).unwrap();
-    [(v >> 16) as i32 & 255, (v >> 8) as i32 & 255, v as i32 & 255]
+    [
+        (v >> 16) as i32 & 255,
+        (v >> 8) as i32 & 255,
+        v as i32 & 255,
+    ]
 }
 
 fn look(png_path: &Path) -> Seen {
@@ -110,9 +118,8 @@ fn look(png_path: &Path) -> Seen {
     };
     assert_eq!(info.bit_depth, png::BitDepth::Eight);
     let (a, e) = (rgb(ACTUAL_COLOUR), rgb(EXPECTED_COLOUR));
-    let near = |p: &[u8], c: [i32; 3]| {
-        (0..3).map(|i| (i32::from(p[i]) - c[i]).abs()).sum::<i32>() <= 60
-    };
+    let near =
+        |p: &[u8], c: [i32; 3]| (0..3).map(|i| (i32::from(p[i]) - c[i]).abs()).sum::<i32>() <= 60;
     let mut seen = Seen {
         actual: 0,
         expected: 0,
@@ -155,33 +162,125 @@ fn the_grant_summary_shows_its_burn_down_chart_in_a_browser() {
     std::fs::write(dir.join("asbb.toml"), "").unwrap();
     let run = |a: &[&str]| asbb(dir, a);
     run(&["database", "migrate"]);
-    run(&["account", "create", "--account", "lab", "--name", "Lab", "--budget", "0", "--start", "2025-01-01", "--end", "2027-12-31", "--as-of", "2025-01-01"]);
-    run(&["grant", "create", "--number", "NSF-1", "--agency", "NSF", "--pi", "Dr. P", "--amount", "30000", "--start", "2025-01-01", "--end", "2027-12-31", "--periods", "12", "--indirect", "0.30", "--as-of", "2025-01-01"]);
+    run(&[
+        "account",
+        "create",
+        "--account",
+        "lab",
+        "--name",
+        "Lab",
+        "--budget",
+        "0",
+        "--start",
+        "2025-01-01",
+        "--end",
+        "2027-12-31",
+        "--as-of",
+        "2025-01-01",
+    ]);
+    run(&[
+        "grant",
+        "create",
+        "--number",
+        "NSF-1",
+        "--agency",
+        "NSF",
+        "--pi",
+        "Dr. P",
+        "--amount",
+        "30000",
+        "--start",
+        "2025-01-01",
+        "--end",
+        "2027-12-31",
+        "--periods",
+        "12",
+        "--indirect",
+        "0.30",
+        "--as-of",
+        "2025-01-01",
+    ]);
     run(&["grant", "link", "NSF-1", "lab", "--as-of", "2025-01-01"]);
-    for (i, (amount, day)) in [("2500", "2025-02-10"), ("4000", "2025-05-20"), ("1500", "2025-09-01"), ("3000", "2026-01-15")].iter().enumerate() {
-        run(&["charge", "--account", "lab", "--amount", amount, "--job", &format!("{}", 100 + i), "--as-of", day]);
+    for (i, (amount, day)) in [
+        ("2500", "2025-02-10"),
+        ("4000", "2025-05-20"),
+        ("1500", "2025-09-01"),
+        ("3000", "2026-01-15"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        run(&[
+            "charge",
+            "--account",
+            "lab",
+            "--amount",
+            amount,
+            "--job",
+            &format!("{}", 100 + i),
+            "--as-of",
+            day,
+        ]);
     }
     run(&["allocations", "process", "--as-of", "2026-02-01"]);
     let out = dir.join("out");
-    run(&["report", "grant-statement", "--grant", "NSF-1", "--format", "html", "--out", out.to_str().unwrap()]);
+    run(&[
+        "report",
+        "grant-statement",
+        "--grant",
+        "NSF-1",
+        "--format",
+        "html",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     let page = out.join("grant-statement-NSF-1.html");
     let png = dir.join("with-chart.png");
     screenshot(&browser, &page, &png, &dir.join("profile-1"));
     let seen = look(&png);
-    assert!(shows_the_chart(&seen), "the screenshot does not show the chart: {seen:?}");
+    assert!(
+        shows_the_chart(&seen),
+        "the screenshot does not show the chart: {seen:?}"
+    );
 
     // The same page without its chart (a site template that leaves it out) fails the check.
     let site = dir.join("site");
     std::fs::create_dir(&site).unwrap();
     let shipped = include_str!("../reports/templates/summary.html");
     assert!(shipped.contains("{{ chart }}"));
-    std::fs::write(site.join("summary.html"), shipped.replace("{{ chart }}", "")).unwrap();
+    std::fs::write(
+        site.join("summary.html"),
+        shipped.replace("{{ chart }}", ""),
+    )
+    .unwrap();
     let out2 = dir.join("out-no-chart");
-    run(&["report", "grant-statement", "--grant", "NSF-1", "--format", "html", "--templates", site.to_str().unwrap(), "--out", out2.to_str().unwrap()]);
+    run(&[
+        "report",
+        "grant-statement",
+        "--grant",
+        "NSF-1",
+        "--format",
+        "html",
+        "--templates",
+        site.to_str().unwrap(),
+        "--out",
+        out2.to_str().unwrap(),
+    ]);
     let png2 = dir.join("without-chart.png");
-    screenshot(&browser, &out2.join("grant-statement-NSF-1.html"), &png2, &dir.join("profile-2"));
+    screenshot(
+        &browser,
+        &out2.join("grant-statement-NSF-1.html"),
+        &png2,
+        &dir.join("profile-2"),
+    );
     let seen2 = look(&png2);
-    assert!(!shows_the_chart(&seen2), "the check passes without a chart: {seen2:?}");
-    assert!(seen2.ink >= 5_000, "the page without a chart still has its text: {seen2:?}");
+    assert!(
+        !shows_the_chart(&seen2),
+        "the check passes without a chart: {seen2:?}"
+    );
+    assert!(
+        seen2.ink >= 5_000,
+        "the page without a chart still has its text: {seen2:?}"
+    );
     eprintln!("with the chart: {seen:?}; without: {seen2:?}");
 }

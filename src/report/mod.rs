@@ -395,6 +395,8 @@ struct TableOut<'t> {
     spec: &'t ColumnSpec,
     fields: &'static [Field],
     csv: Option<csv::Writer<AtomicFile>>,
+    csv_path: PathBuf,
+    json_path: PathBuf,
     json: Option<AtomicFile>,
     html: Option<Vec<HtmlRow>>,
     rows: u64,
@@ -449,6 +451,8 @@ impl<'t> TableOut<'t> {
             spec,
             fields,
             csv,
+            csv_path: dir.join(format!("{base}.csv")),
+            json_path: dir.join(format!("{base}.json")),
             json,
             html: formats.contains(&Format::Html).then(Vec::new),
             rows: 0,
@@ -459,9 +463,9 @@ impl<'t> TableOut<'t> {
     fn row(&mut self, cells: &[Cell], total: bool) -> Result<(), ReportError> {
         debug_assert_eq!(cells.len(), self.fields.len());
         if let Some(w) = &mut self.csv {
-            let dest = w.get_ref().dest().to_path_buf();
+            let path = &self.csv_path;
             let err = |e: csv::Error| ReportError::Io {
-                path: dest.clone(),
+                path: path.clone(),
                 source: std::io::Error::other(e),
             };
             for c in &self.spec.columns {
@@ -477,8 +481,8 @@ impl<'t> TableOut<'t> {
             }
             obj.insert("total".into(), serde_json::Value::Bool(total));
             let sep = if self.rows == 0 { "" } else { "," };
-            let dest = f.dest().to_path_buf();
-            write!(f, "{sep}{}", serde_json::Value::Object(obj)).map_err(io_err(&dest))?;
+            write!(f, "{sep}{}", serde_json::Value::Object(obj))
+                .map_err(io_err(&self.json_path))?;
         }
         if let Some(h) = &mut self.html {
             if total || self.html_rows < HTML_ROWS_MAX {

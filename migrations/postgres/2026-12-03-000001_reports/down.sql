@@ -1,3 +1,4 @@
+DROP INDEX journal_account_effective;
 DROP INDEX journal_effective_id;
 DROP INDEX cost_records_refund_entry;
 DROP INDEX cost_records_charge_entry;

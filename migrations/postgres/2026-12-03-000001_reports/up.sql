@@ -9,5 +9,7 @@ ALTER TABLE cost_records ADD COLUMN instance_types TEXT NOT NULL DEFAULT '';
 CREATE INDEX cost_records_charge_entry ON cost_records (charge_entry_id);
 CREATE INDEX cost_records_refund_entry ON cost_records (refund_entry_id);
 
--- Reports page through the journal in (effective_at, id) order.
+-- Reports page through the journal in (effective_at, id) order: all of it, or one account's
+-- (an account statement, a grant's linked accounts).
 CREATE INDEX journal_effective_id ON journal (effective_at, id);
+CREATE INDEX journal_account_effective ON journal (account_id, effective_at, id);
