@@ -29,6 +29,9 @@
 //! | `ASBB_BENCH_BACKENDS` | `sqlite`, `postgres` or both | both if a server is set / sqlite |
 //! | `ASBB_TEST_POSTGRES_URL` | PostgreSQL server (admin URL) | — |
 
+// Timings and ratios are floats; no money is computed here.
+#![allow(clippy::float_arithmetic)]
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;

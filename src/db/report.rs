@@ -213,11 +213,17 @@ impl GrantInfo {
 pub struct GrantIndex {
     /// Grants by id.
     pub grants: BTreeMap<i64, GrantInfo>,
-    links_of: HashMap<i64, Vec<(i64, DateTime<Utc>, Option<DateTime<Utc>>)>>,
+    links_of: HashMap<i64, Vec<LinkSpan>>,
     period_entries: HashMap<i64, (i64, i64)>,
     /// Period-end expiry entries (negative adjustments taking unspent period money back).
     pub expiry_entries: HashSet<i64>,
 }
+
+/// An account's link to a grant: (grant id, linked at, unlinked at).
+type LinkSpan = (i64, DateTime<Utc>, Option<DateTime<Utc>>);
+
+/// A span of time: (first, last).
+pub type Extent = (DateTime<Utc>, DateTime<Utc>);
 
 /// The grant and period an entry counts against, and its direct/indirect split.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -730,7 +736,7 @@ pub fn account_extent(
     conn: &mut DbConn,
     account_id: i64,
     cut: Option<DateTime<Utc>>,
-) -> Result<Option<(DateTime<Utc>, DateTime<Utc>)>, LedgerError> {
+) -> Result<Option<Extent>, LedgerError> {
     let mut q = journal::table
         .filter(journal::account_id.eq(account_id))
         .select((

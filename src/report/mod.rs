@@ -275,6 +275,9 @@ impl Format {
     }
 }
 
+/// A range of effective times: (from, before).
+type Range = (Option<DateTime<Utc>>, Option<DateTime<Utc>>);
+
 /// What to report.
 #[derive(Debug, Clone)]
 pub struct Request {
@@ -612,7 +615,7 @@ impl<'a> Session<'a> {
     fn range(
         &mut self,
         req: &Request,
-    ) -> Result<(Option<DateTime<Utc>>, Option<DateTime<Utc>>), ReportError> {
+    ) -> Result<Range, ReportError> {
         if let Some(n) = req.period {
             let gid = match (&req.grant, &req.account) {
                 (Some(g), _) => self.grant_id(g)?,
