@@ -612,10 +612,7 @@ impl<'a> Session<'a> {
     }
 
     /// The range a request covers: (from, to) from `--from/--to`, or the budget period.
-    fn range(
-        &mut self,
-        req: &Request,
-    ) -> Result<Range, ReportError> {
+    fn range(&mut self, req: &Request) -> Result<Range, ReportError> {
         if let Some(n) = req.period {
             let gid = match (&req.grant, &req.account) {
                 (Some(g), _) => self.grant_id(g)?,
