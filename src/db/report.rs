@@ -104,6 +104,14 @@ where
     if filter.accounts.as_ref().is_some_and(Vec::is_empty) {
         return Ok(());
     }
+    // One account: its index, (account_id, effective_at, id), gives its entries in order.
+    // Several (a grant's linked accounts): the whole journal in order, filtered here. An IN
+    // list in SQL would make both backends merge and sort every matching entry for each page.
+    let several: Option<HashSet<i64>> = filter
+        .accounts
+        .as_ref()
+        .filter(|ids| ids.len() > 1)
+        .map(|ids| ids.iter().copied().collect());
     let mut last: Option<(NaiveDateTime, i64)> = None;
     loop {
         let mut q = journal::table
@@ -124,8 +132,8 @@ where
         if let Some(t) = filter.to {
             q = q.filter(journal::effective_at.lt(to_naive(t)));
         }
-        if let Some(ids) = &filter.accounts {
-            q = q.filter(journal::account_id.eq_any(ids.clone()));
+        if let Some([id]) = filter.accounts.as_deref() {
+            q = q.filter(journal::account_id.eq(*id));
         }
         if filter.charged_only {
             q = q.filter(journal::charged_delta_micros.ne(0));
@@ -133,12 +141,15 @@ where
         if let Some(k) = filter.kind {
             q = q.filter(journal::kind.eq(k));
         }
-        let rows: Vec<JournalRow> = q.load(conn).map_err(LedgerError::from)?;
+        let mut rows: Vec<JournalRow> = q.load(conn).map_err(LedgerError::from)?;
         let Some(tail) = rows.last() else {
             return Ok(());
         };
         last = Some((tail.effective_at, tail.id));
         let full = rows.len() as i64 == JOURNAL_PAGE;
+        if let Some(keep) = &several {
+            rows.retain(|r| keep.contains(&r.account_id));
+        }
         f(conn, &rows)?;
         if !full {
             return Ok(());
