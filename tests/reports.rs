@@ -490,6 +490,15 @@ db_test!(statements_and_the_journal_tie_out_to_the_ledger, |db| {
     );
     assert_eq!(hold_rows.len(), 3, "two holds and a total");
 
+    // `asbb grant report` (the seed's command) writes the same statement.
+    let seed = e.path("seed");
+    e.ok(&["grant", "report", "G-1", "--out", seed.to_str().unwrap()]);
+    assert_eq!(
+        std::fs::read(seed.join("grant-statement-G-1.csv")).unwrap(),
+        std::fs::read(out.join("grant-statement-G-1.csv")).unwrap()
+    );
+    assert!(seed.join("grant-statement-G-1.html").exists());
+
     // The summary page carries the chart.
     let html = std::fs::read_to_string(out.join("grant-statement-G-1.html")).unwrap();
     assert!(html.contains("<svg") && html.contains(asbb::report::chart::ACTUAL_COLOUR));
