@@ -2,7 +2,10 @@
 //! budget periods, statements, usage, outstanding holds and refunds.
 //!
 //! Large reads stream: the journal is read in keyset pages of [`JOURNAL_PAGE`] entries in
-//! (effective_at, id) order (`journal_effective_id`), and callers write each row as it comes,
+//! (effective_at, id) order (`journal_effective_id`; one account's through
+//! `journal_account_effective`; several accounts' by filtering the ordered journal in memory,
+//! since an `IN` list makes both backends sort every match for each page), and callers write
+//! each row as it comes,
 //! so memory stays bounded by a page and by the small tables loaded whole (accounts, grants,
 //! their periods and links). Every figure is summed exactly in micro-dollars.
 //!
