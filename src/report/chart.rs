@@ -98,12 +98,14 @@ pub fn svg(b: &BurnDown) -> String {
         WIDTH - RIGHT,
         y(0)
     ));
-    for (d, anchor) in [(b.start, "start"), (b.end, "end")] {
+    // Labelled with the first and the last day (the end itself is the day after).
+    let last = b.end.pred_opt().unwrap_or(b.end);
+    for (d, label, anchor) in [(b.start, b.start, "start"), (b.end, last, "end")] {
         s.push_str(&format!(
             "<text x=\"{}\" y=\"{}\" font-size=\"11\" text-anchor=\"{anchor}\" fill=\"#444444\">{}</text>",
             x(d),
             HEIGHT - BOTTOM + 16,
-            d.format("%Y-%m-%d")
+            label.format("%Y-%m-%d")
         ));
     }
     let poly = |pts: &[(NaiveDate, i64)]| -> String {
@@ -171,6 +173,7 @@ mod tests {
         let s = svg(&b);
         assert!(s.contains(ACTUAL_COLOUR) && s.contains(EXPECTED_COLOUR));
         assert!(s.contains("$1000.00"), "{s}");
+        assert!(s.contains("2026-12-31") && !s.contains("2027-01-01"), "{s}");
         // Overspent: the axis extends below zero instead of drawing off the chart.
         let over = BurnDown {
             actual: vec![(d(2026, 3, 1), -500_000_000)],
