@@ -196,6 +196,28 @@ correction_refresh = "60s"
 # mem_gb_hour = "0.004"
 # minimum = "0.01"
 # max_time = "2-00:00:00"
+
+[reports]
+# Where `asbb report --scheduled` (the timer job) writes its sets: daily/YYYY-MM-DD/ and
+# monthly/YYYY-MM/, each with README.txt and manifest.json (SHA-256 of every file).
+dir = "/var/lib/asbb/reports"
+
+# A directory of site templates replacing the shipped ones (reports/templates/: *.columns.toml,
+# summary.html, table.html, readme.txt); "" uses the shipped ones. Checked at every run.
+templates_dir = ""
+
+# Formats of the scheduled sets: csv, html, json (comma-separated).
+formats = "csv,html"
+
+# Reports of each complete day, and of each complete month (kinds as for `asbb report`).
+daily = "journal,holds,alerts"
+monthly = "journal,grant-statement,account-statement,usage,holds,refunds,accuracy,alerts"
+
+# Days and months that ended within this span and have no set yet are written by the next run.
+catch_up = "31d"
+
+# Start CSV files with a UTF-8 byte order mark, so that Excel reads non-ASCII names right.
+csv_bom = true
 "#;
 
 /// The whole configuration.
@@ -222,6 +244,44 @@ pub struct Config {
     pub estimate: EstimateConfig,
     /// `[partitions.NAME]`: rates per partition.
     pub partitions: BTreeMap<String, PartitionRates>,
+    /// `[reports]`.
+    pub reports: ReportsConfig,
+}
+
+/// `[reports]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReportsConfig {
+    /// Where the scheduled sets go.
+    pub dir: String,
+    /// Site templates ("" for the shipped ones).
+    pub templates_dir: String,
+    /// Formats of the scheduled sets.
+    pub formats: String,
+    /// Kinds of the daily set.
+    pub daily: String,
+    /// Kinds of the month-end set.
+    pub monthly: String,
+    /// How far back missed sets are written.
+    pub catch_up: String,
+    /// UTF-8 byte order mark at the start of CSV files.
+    pub csv_bom: bool,
+}
+
+impl Default for ReportsConfig {
+    fn default() -> Self {
+        ReportsConfig {
+            dir: "/var/lib/asbb/reports".into(),
+            templates_dir: String::new(),
+            formats: "csv,html".into(),
+            daily: "journal,holds,alerts".into(),
+            monthly:
+                "journal,grant-statement,account-statement,usage,holds,refunds,accuracy,alerts"
+                    .into(),
+            catch_up: "31d".into(),
+            csv_bom: true,
+        }
+    }
 }
 
 /// `[burn]`.
@@ -742,6 +802,23 @@ pub fn load(
     })
 }
 
+/// A comma-separated list of report kinds (`""` for none).
+pub fn report_kinds(text: &str) -> Result<Vec<crate::report::Kind>, String> {
+    let mut out = Vec::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let k = crate::report::Kind::parse(part).ok_or_else(|| {
+            format!(
+                "'{part}' is not a report kind ({})",
+                crate::report::Kind::ALL.map(|k| k.as_str()).join(", ")
+            )
+        })?;
+        if !out.contains(&k) {
+            out.push(k);
+        }
+    }
+    Ok(out)
+}
+
 /// A span like `10m`, or `0` for none.
 pub fn span_or_zero(text: &str) -> Result<Duration, crate::domain::time::TimeError> {
     if text.trim() == "0" {
@@ -1052,7 +1129,50 @@ impl Config {
                 push(&format!("partitions.{name}.{}", m.0), m.1);
             }
         }
+        if self.reports.dir.trim().is_empty() {
+            bad("reports.dir", "must name a directory".into());
+        }
+        if let Err(e) = crate::report::Format::parse_list(&self.reports.formats) {
+            bad("reports.formats", e);
+        }
+        for (key, v) in [
+            ("reports.daily", &self.reports.daily),
+            ("reports.monthly", &self.reports.monthly),
+        ] {
+            if let Err(e) = report_kinds(v) {
+                bad(key, e);
+            }
+        }
+        match parse_span(&self.reports.catch_up) {
+            Ok(d) if d >= chrono::Duration::days(1) && d <= chrono::Duration::days(3660) => {}
+            _ => bad(
+                "reports.catch_up",
+                format!(
+                    "'{}' must be a span from 1d to 3660d, like \"31d\"",
+                    self.reports.catch_up
+                ),
+            ),
+        }
         out
+    }
+
+    /// The scheduled report plan from `[reports]` (validated at load); `dir` overrides
+    /// `reports.dir`.
+    pub fn report_plan(&self, dir: Option<PathBuf>) -> crate::report::scheduled::Plan {
+        crate::report::scheduled::Plan {
+            dir: dir.unwrap_or_else(|| PathBuf::from(&self.reports.dir)),
+            daily: report_kinds(&self.reports.daily).unwrap_or_default(),
+            monthly: report_kinds(&self.reports.monthly).unwrap_or_default(),
+            formats: crate::report::Format::parse_list(&self.reports.formats)
+                .unwrap_or_else(|_| vec![crate::report::Format::Csv]),
+            catch_up: parse_span(&self.reports.catch_up).unwrap_or(chrono::Duration::days(31)),
+        }
+    }
+
+    /// The site template directory, if one is set.
+    pub fn report_templates_dir(&self) -> Option<PathBuf> {
+        let d = self.reports.templates_dir.trim();
+        (!d.is_empty()).then(|| PathBuf::from(d))
     }
 
     /// The burn-rate thresholds from `[burn]` (validated at load).

@@ -11,4 +11,5 @@ pub mod config;
 pub mod db;
 pub mod domain;
 pub mod exit;
+pub mod report;
 pub mod spool;

@@ -67,6 +67,7 @@ fn every_batch_command_has_a_persistent_timer() {
         "recover",
         "allocations",
         "burn-rate",
+        "report",
     ] {
         let timer = format!("asbb-{cmd}.timer");
         assert!(names.contains(&timer), "no {timer}");

@@ -35,6 +35,28 @@ pub enum GrantCmd {
     Link(LinkArgs),
     /// Unlink an account: its unspent money of the current period is taken back.
     Unlink(UnlinkArgs),
+    /// Write the grant's compliance report into a directory: its statement per budget period
+    /// (CSV, and HTML with the burn-down chart); the same as `asbb report grant-statement`.
+    Report(GrantReportArgs),
+}
+
+/// `grant report`.
+#[derive(Debug, Args)]
+pub struct GrantReportArgs {
+    /// Grant number.
+    pub number: String,
+    /// Only this budget period.
+    #[arg(long, value_name = "N")]
+    pub period: Option<i64>,
+    /// Formats, comma-separated: csv, html, json.
+    #[arg(long, value_name = "LIST", default_value = "csv,html")]
+    pub format: String,
+    /// Directory to write into (created if missing).
+    #[arg(long, value_name = "DIR")]
+    pub out: std::path::PathBuf,
+    /// Site templates replacing the shipped ones [default: reports.templates_dir].
+    #[arg(long, value_name = "DIR")]
+    pub templates: Option<std::path::PathBuf>,
 }
 
 /// `grant create`.
@@ -361,6 +383,21 @@ fn transitions_line(out: &mut dyn Write, r: &grants::ProcessReport) -> Result<()
 }
 
 pub(crate) fn run(ctx: &Ctx<'_>, cmd: &GrantCmd, out: &mut dyn Write) -> Result<i32, CliError> {
+    if let GrantCmd::Report(a) = cmd {
+        let args = super::report::ReportArgs {
+            kind: Some(crate::report::Kind::GrantStatement),
+            grant: Some(a.number.clone()),
+            account: None,
+            period: a.period,
+            from: None,
+            to: None,
+            format: Some(a.format.clone()),
+            out: Some(a.out.clone()),
+            templates: a.templates.clone(),
+            scheduled: false,
+        };
+        return super::report::run(ctx, &args, out);
+    }
     let mut conn = ctx.conn()?;
     match cmd {
         GrantCmd::Create(a) => {
@@ -707,6 +744,7 @@ pub(crate) fn run(ctx: &Ctx<'_>, cmd: &GrantCmd, out: &mut dyn Write) -> Result<
                 }
             }
         }
+        GrantCmd::Report(_) => unreachable!("handled above"),
         GrantCmd::Unlink(a) => {
             let r = grants::unlink(&mut conn, &ctx.op()?, &a.number, &a.account)?;
             if ctx.cli.json {

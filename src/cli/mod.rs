@@ -11,6 +11,7 @@ mod grant;
 mod holds;
 mod money;
 mod output;
+mod report;
 mod spool;
 mod transactions;
 
@@ -102,6 +103,9 @@ pub enum Command {
     /// Budget alerts: list and acknowledge.
     #[command(subcommand)]
     Alerts(burn::AlertsCmd),
+    /// Finance reports (CSV, HTML, JSON) into a directory; or `--scheduled`, the timer job
+    /// writing the daily and month-end sets.
+    Report(report::ReportArgs),
     /// List and show journal entries.
     #[command(subcommand, visible_alias = "transaction")]
     Transactions(transactions::TransactionsCmd),
@@ -354,6 +358,7 @@ pub fn run(cli: &Cli) -> Result<i32, CliError> {
         Command::Forecast(a) => burn::forecast(&ctx, a, out),
         Command::Status(a) => burn::status(&ctx, a, out),
         Command::Alerts(c) => burn::alerts_cmd(&ctx, c, out),
+        Command::Report(a) => report::run(&ctx, a, out),
         Command::Transactions(c) => transactions::run(&ctx, c, out),
         Command::Usage(c) => account::usage(&ctx, c, out),
         Command::Audit(c) => admin::audit(&ctx, c, out),

@@ -34,6 +34,7 @@ pub mod ledger;
 pub mod models;
 pub mod queries;
 pub mod reconcile;
+pub(crate) mod report;
 pub mod schema;
 pub mod spool;
 

@@ -152,6 +152,7 @@ diesel::table! {
         charged_partition -> Nullable<Text>,
         received_at -> Timestamp,
         reconciled_at -> Nullable<Timestamp>,
+        instance_types -> Text,
     }
 }
 

@@ -393,6 +393,7 @@ struct NewCostRow<'a> {
     content_digest: String,
     status: &'a str,
     received_at: NaiveDateTime,
+    instance_types: String,
 }
 
 fn new_cost_row(c: &crate::spool::CostRecord, now: NaiveDateTime) -> NewCostRow<'_> {
@@ -419,6 +420,7 @@ fn new_cost_row(c: &crate::spool::CostRecord, now: NaiveDateTime) -> NewCostRow<
         content_digest: c.content_digest(),
         status: "pending",
         received_at: now,
+        instance_types: c.instance_types.join(","),
     }
 }
 
