@@ -320,3 +320,40 @@ pub fn write_atomically(dir: &Path, account: &str, v: &Value) -> std::io::Result
     w.write(account, v)?;
     w.finish().map(|_| ())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_files_are_replaced_whole_in_groups() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = FILES_PER_GROUP * 2 + 3;
+        for generation in 0..2 {
+            let mut w = StatusWriter::new(dir.path()).unwrap();
+            for i in 0..n {
+                w.write(
+                    &format!("acct-{i}"),
+                    &json!({"generation": generation, "i": i}),
+                )
+                .unwrap();
+            }
+            assert_eq!(w.finish().unwrap(), n as u64);
+            let names: Vec<String> = std::fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            assert_eq!(names.len(), n, "no temporary files are left: {names:?}");
+            let v: Value = serde_json::from_str(
+                &std::fs::read_to_string(dir.path().join(format!("acct-{}.json", n - 1))).unwrap(),
+            )
+            .unwrap();
+            assert_eq!(v, json!({"generation": generation, "i": n - 1}));
+        }
+        // One file by itself; a directory that cannot be written is an error, not a panic.
+        write_atomically(dir.path(), "solo", &json!({"x": 1})).unwrap();
+        assert!(dir.path().join("solo.json").is_file());
+        let file = dir.path().join("solo.json");
+        assert!(StatusWriter::new(&file.join("sub")).is_err());
+    }
+}

@@ -1068,12 +1068,23 @@ fn compute_locked(
                 s.d.window_spent = s.last(window_days as usize, spent_day);
                 s.d.spent_7d = s.last(7, spent_day);
                 s.d.spent_30d = s.last(30, spent_day);
-                let inputs = s.ctx.inputs(hi, window_len(hi, window_days), &s.d);
+                // The figures as of the following midnight, as a live analysis then sees
+                // them: when a budget period starts at that midnight, nothing is spent in it
+                // yet (the day's spend counted towards the period that ended).
+                let at_midnight = s.ctx.bounds(hi);
+                let mut d = s.d;
+                if at_midnight.period_from != b.period_from {
+                    d.period_spent = 0;
+                }
+                if at_midnight.horizon_from != b.horizon_from {
+                    d.horizon_spent = 0;
+                }
+                let inputs = s.ctx.inputs(hi, window_len(hi, window_days), &d);
                 let figures = analyse(&inputs, &opts.thresholds);
                 out.push(snapshot_row(
                     s.ctx.account_id,
                     day,
-                    &s.d,
+                    &d,
                     spent_day,
                     &inputs,
                     &figures,

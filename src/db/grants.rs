@@ -1298,6 +1298,9 @@ pub struct GrantUpdate {
     pub carry_over: Option<CarryOver>,
     /// A pending period's budget (`--period N --budget X`); the award becomes the sum.
     pub period_budget: Option<(i64, UsdMicros)>,
+    /// A later end (exclusive): a no-cost extension. The last budget period is lengthened to
+    /// it, with the same budget; earlier periods are not touched.
+    pub end: Option<DateTime<Utc>>,
     /// Why.
     pub reason: String,
 }
@@ -1406,6 +1409,17 @@ pub fn update(
                 .set(grants::amount_micros.eq(amount))
                 .execute(conn)?;
         }
+        if let Some(end) = u.end {
+            if end != g.end {
+                let last = extend(conn, &g, end)?;
+                changes.push(("end", end_day(g.end), end_day(end)));
+                changes.push((
+                    "period_end",
+                    format!("{}:{}", last.number, end_day(last.end())),
+                    format!("{}:{}", last.number, end_day(end)),
+                ));
+            }
+        }
         for (field, old, new) in &changes {
             diesel::insert_into(grant_changes::table)
                 .values((
@@ -1426,6 +1440,57 @@ pub fn update(
         }
         load_by_id(conn, g.id)
     })
+}
+
+/// The last day of a span ending (exclusive) at `end`, as written in the change log.
+fn end_day(end: DateTime<Utc>) -> String {
+    (end - chrono::Duration::seconds(1))
+        .format("%Y-%m-%d")
+        .to_string()
+}
+
+/// Moves a grant's end later (a no-cost extension: more time, no more money). The last budget
+/// period is lengthened to the new end with its budget unchanged, so the money it gives (and
+/// what is carried into it) stays spendable until then; splitting the added time into new
+/// periods would instead make unspent money expire early under a `none` or capped carry-over
+/// policy. Earlier periods are not touched. Refused when the end would move earlier (that is
+/// `grant close`) or when the last period has already closed (its money was carried or expired
+/// by journal entries that an extension cannot undo). Returns the last period as it was.
+fn extend(
+    conn: &mut DbConn,
+    g: &GrantRecord,
+    end: DateTime<Utc>,
+) -> Result<PeriodRow, LedgerError> {
+    if end < g.end {
+        return Err(LedgerError::invalid(
+            "--end",
+            format!(
+                "{} is before the grant's end ({}); --end only extends a grant (to end it early, use `asbb grant close {}`)",
+                end_day(end),
+                end_day(g.end),
+                g.number
+            ),
+        ));
+    }
+    let last = period_rows(conn, g.id)?.pop().ok_or_else(|| {
+        LedgerError::invalid("GRANT", format!("grant '{}' has no periods", g.number))
+    })?;
+    if last.status == "closed" || last.status == "cancelled" {
+        return Err(LedgerError::invalid(
+            "--end",
+            format!(
+                "the last budget period ({}) of grant '{}' is {}: its unspent money was already carried or taken back; extend a grant before its last period ends",
+                last.number, g.number, last.status
+            ),
+        ));
+    }
+    diesel::update(grant_periods::table.find((g.id, last.number)))
+        .set(grant_periods::ends_at.eq(to_naive(end)))
+        .execute(conn)?;
+    diesel::update(grants::table.find(g.id))
+        .set(grants::ends_at.eq(to_naive(end)))
+        .execute(conn)?;
+    Ok(last)
 }
 
 /// A recorded change of a grant: field, old, new, actor, reason, when.
