@@ -1148,11 +1148,18 @@ fn prepare(
     Ok(facts)
 }
 
-fn bench_backend(
+/// A backend's prepared ledger and the status directory its timer has written.
+struct Prepared {
+    store: Store,
+    status_dir: PathBuf,
+    facts: Value,
+}
+
+fn prepare_backend(
     p: &Params,
     backend: Backend,
     history: &dyn Fn() -> Result<PathBuf>,
-) -> Result<Value> {
+) -> Result<Prepared> {
     let name = backend_name(backend);
     eprintln!("{name}: preparing (load {})", loadavg());
     let store = Store::new(p, backend)?;
@@ -1171,6 +1178,21 @@ fn bench_backend(
         }
         w.finish()?;
     }
+    Ok(Prepared {
+        store,
+        status_dir,
+        facts,
+    })
+}
+
+fn bench_backend(p: &Params, prepared: Prepared) -> Result<Value> {
+    let Prepared {
+        store,
+        status_dir,
+        facts,
+    } = prepared;
+    let name = backend_name(store.backend);
+    eprintln!("{name}: measuring (load {})", loadavg());
     let as_of = timer(p.measured_day());
     let mut rounds: Vec<(ChildOut, ChildOut, ChildOut)> = Vec::new();
     for round in 0..p.rounds {
@@ -1322,14 +1344,18 @@ fn run() -> Result<()> {
         *built.borrow_mut() = Some(h.clone());
         Ok(h)
     };
+    // One backend at a time, so that the disk holds the history, one prepared ledger and one
+    // round's copy of it at most (the prepared ledger is removed after its rounds unless
+    // ASBB_BENCH_REUSE=1); the SQLite history goes once the last backend is prepared.
     let mut results = Vec::new();
-    for &b in &p.backends {
-        results.push(bench_backend(&p, b, &history)?);
-    }
-    if let Some(h) = built.borrow().as_ref() {
-        if !p.reuse {
-            remove_sqlite(h);
+    for (k, &b) in p.backends.iter().enumerate() {
+        let prepared = prepare_backend(&p, b, &history)?;
+        if k + 1 == p.backends.len() {
+            if let Some(h) = built.borrow_mut().take() {
+                remove_sqlite(&h);
+            }
         }
+        results.push(bench_backend(&p, prepared)?);
     }
     let out = json!({
         "shape": p.json(),
