@@ -8,8 +8,9 @@
 //! accounts have a monthly allocation schedule of $300 on the 1st; 1,000 are linked, ten each,
 //! to 100 grants of four 12-month budget periods ($36,000 a period, carry-over `all` and `25%`
 //! alternately). Every day of the three years has charges: each account charges once every
-//! `ASBB_BENCH_CHARGE_EVERY` days, staggered so that every day sees the same number of
-//! accounts, at its own rate of $5 to $15 a day (the plan is about $9.86 a day, so some
+//! `ASBB_BENCH_CHARGE_EVERY` days (2: 5,000 charges a day, 5.48 million in all; 1, the full
+//! 11 million, takes longer to write than a bench run should and more disk than a shared build
+//! machine has), staggered so that every day sees the same number of accounts, at its own rate of $5 to $15 a day (the plan is about $9.86 a day, so some
 //! accounts overspend, some underspend, some are on track). The accounts, schedules, grants and
 //! charges are written through the library (`ledger::create_account`,
 //! `allocations::create_schedule`, `grants::create`/`link`, `ledger::charge_without_hold`),

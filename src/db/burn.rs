@@ -5,8 +5,9 @@
 //! account's journal directly, the batch path sweeps the journal day by day from where the
 //! account's snapshots end (a cursor per account), carrying rolling sums forward. So a
 //! snapshot of day D holds exactly what a live analysis as of D+1 00:00 says. Entries booked
-//! after a run with an earlier effective time (backfills) are found through the journal id the
-//! run saw last, and the days from theirs on are recomputed.
+//! after a run with an earlier effective time (backfills) are found through each account's
+//! entry sequence number as the run read it (see [`compute`]), and the days from theirs on are
+//! recomputed.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -1187,6 +1188,8 @@ fn compute_locked(
         diesel::insert_into(burn_runs::table)
             .values((
                 burn_runs::as_of.eq(to_naive(as_of)),
+                // The highest journal id at the start, for the record only: backfills are
+                // found by per-account sequence numbers (ids commit out of order).
                 burn_runs::journal_watermark.eq(max_id),
                 burn_runs::days_written.eq(report.days_written as i64),
                 burn_runs::accounts.eq(report.accounts as i64),
