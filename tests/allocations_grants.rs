@@ -786,3 +786,99 @@ fn wait_for_a_lock_wait(conn: &mut DbConn) {
     }
     panic!("the burn-rate run never waited for the uncommitted account");
 }
+
+db_test!(a_no_cost_extension_lengthens_the_last_period, |db| {
+    let mut c = db.conn();
+    account(&mut c, "ext", day(2025, 1, 1), day(2027, 1, 1));
+    let g = grants::create(
+        &mut c,
+        &at(day(2025, 1, 1)),
+        &grants::NewGrant {
+            number: "EXT-1".into(),
+            agency: "NSF".into(),
+            program: String::new(),
+            pi: "Dr. PI".into(),
+            co_pis: vec![],
+            institution: String::new(),
+            department: String::new(),
+            amount: usd("24000"),
+            start: day(2025, 1, 1),
+            end: day(2027, 1, 1),
+            period_months: 12,
+            indirect_rate: Decimal::ZERO,
+            federal_award_id: String::new(),
+            project_code: String::new(),
+            cost_center: String::new(),
+            carry_over: CarryOver::None,
+            period_budgets: None,
+        },
+    )
+    .unwrap();
+    grants::link(
+        &mut c,
+        &at(day(2025, 1, 1)),
+        "EXT-1",
+        "ext",
+        Decimal::from(100),
+    )
+    .unwrap();
+    let extend = |c: &mut DbConn, t, end| {
+        grants::update(
+            c,
+            &at(t),
+            "EXT-1",
+            &grants::GrantUpdate {
+                end: Some(end),
+                reason: "no-cost extension".into(),
+                ..Default::default()
+            },
+        )
+    };
+    // Earlier is refused; later lengthens period 2 (pending) with the same budget.
+    assert!(extend(&mut c, day(2025, 6, 1), day(2026, 7, 1)).is_err());
+    let after = extend(&mut c, day(2025, 6, 1), day(2027, 7, 1)).unwrap();
+    assert_eq!((after.end, after.amount), (day(2027, 7, 1), usd("24000")));
+    let p = grants::period_rows(&mut c, g.id).unwrap();
+    assert_eq!(p.len(), 2);
+    assert_eq!(
+        (p[0].start(), p[0].end()),
+        (day(2025, 1, 1), day(2026, 1, 1))
+    );
+    assert_eq!(
+        (p[1].start(), p[1].end()),
+        (day(2026, 1, 1), day(2027, 7, 1))
+    );
+    assert_eq!(p[1].budget_micros, 12_000_000_000);
+    let changes: Vec<(String, String, String)> = grants::changes(&mut c, g.id)
+        .unwrap()
+        .into_iter()
+        .map(|(f, o, n, _, r, _)| {
+            assert_eq!(r, "no-cost extension");
+            (f, o, n)
+        })
+        .collect();
+    assert_eq!(
+        changes,
+        [
+            ("end".into(), "2026-12-31".into(), "2027-06-30".into()),
+            (
+                "period_end".into(),
+                "2:2026-12-31".into(),
+                "2:2027-06-30".into()
+            ),
+        ]
+    );
+    // Nothing expires at the old end: period 2 runs on.
+    grants::process(&mut c, &at(day(2027, 2, 1)), None, false).unwrap();
+    let p = grants::period_rows(&mut c, g.id).unwrap();
+    assert_eq!(p[1].status, "active");
+    // At the new end it closes, and then it cannot be extended again.
+    grants::process(&mut c, &at(day(2027, 7, 1)), None, false).unwrap();
+    let p = grants::period_rows(&mut c, g.id).unwrap();
+    assert_eq!(
+        (p[1].status.as_str(), p[1].expired_micros),
+        ("closed", Some(12_000_000_000))
+    );
+    assert!(extend(&mut c, day(2027, 7, 2), day(2027, 12, 31)).is_err());
+    assert_audit_clean(&mut c);
+});

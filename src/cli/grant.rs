@@ -599,6 +599,22 @@ pub(crate) fn run(ctx: &Ctx<'_>, cmd: &GrantCmd, out: &mut dyn Write) -> Result<
                         )?;
                     }
                 }
+                let changes = grants::changes(&mut conn, g.id)?;
+                if !changes.is_empty() {
+                    writeln!(out, "\nchanges:")?;
+                    for (field, old, new, actor, reason, at) in &changes {
+                        writeln!(
+                            out,
+                            "  {} {field}: {old} -> {new} (by {actor}{})",
+                            at.format("%Y-%m-%d"),
+                            if reason.is_empty() {
+                                String::new()
+                            } else {
+                                format!(": {reason}")
+                            }
+                        )?;
+                    }
+                }
                 if let Some(b) = &burn {
                     writeln!(out)?;
                     super::burn::print_figures(
