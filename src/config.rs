@@ -105,6 +105,11 @@ min_active_days = 7
 # Money projected to run out within this many days (before its period ends) is CRITICAL risk.
 critical_days = 14
 
+# Spending takes time to start: during the first this many days of a budget period (a grant's
+# period, else the account's active period) underspending lowers the health score only in
+# proportion to the days passed (a third after 30 of 90 days). 0 counts it in full at once.
+underspend_grace_days = 90
+
 # `asbb burn-rate compute` writes one <account>.json budget status per account here for the
 # advisor (ASBA); "" writes none. Format: spool-schemas/budget-status.v1.schema.json.
 status_dir = ""
@@ -296,6 +301,8 @@ pub struct BurnConfig {
     pub min_active_days: u64,
     /// Depletion within this many days is CRITICAL.
     pub critical_days: u64,
+    /// Days into a budget period before underspending lowers health in full.
+    pub underspend_grace_days: u64,
     /// Where the budget status files go ("" for none).
     pub status_dir: String,
 }
@@ -307,6 +314,7 @@ impl Default for BurnConfig {
             on_track_percent: "20".into(),
             min_active_days: 7,
             critical_days: 14,
+            underspend_grace_days: 90,
             status_dir: String::new(),
         }
     }
@@ -968,6 +976,12 @@ impl Config {
                 format!("{} is outside 1..=3650", self.burn.critical_days),
             );
         }
+        if self.burn.underspend_grace_days > 3650 {
+            bad(
+                "burn.underspend_grace_days",
+                format!("{} is outside 0..=3650", self.burn.underspend_grace_days),
+            );
+        }
         for (key, v) in [
             ("alerts.health_warning", self.alerts.health_warning),
             ("alerts.health_critical", self.alerts.health_critical),
@@ -1182,6 +1196,7 @@ impl Config {
                 .unwrap_or(Decimal::from(20)),
             min_active_days: Decimal::from(self.burn.min_active_days),
             critical_days: self.burn.critical_days as i64,
+            underspend_grace_days: self.burn.underspend_grace_days as i64,
         }
     }
 

@@ -394,6 +394,47 @@ db_test!(
         assert_eq!(gb.figures.window_spent, usd("1100"));
         assert_eq!(gb.figures.variance_percent, Some(Decimal::new(1183, 2)));
         assert_eq!(gb.figures.status, BurnStatus::OnTrack);
+
+        // The snapshot of the last day of period 1 (as of 2025-01-01 00:00, when period 2
+        // starts) says what a live analysis says then: period 2, nothing spent in it yet.
+        let opts = ComputeOptions {
+            window_days: 30,
+            thresholds: th,
+        };
+        burn::compute(
+            &mut c,
+            day(2025, 1, 2),
+            day(2026, 1, 2),
+            &opts,
+            &mut |_, _| {},
+        )
+        .unwrap();
+        let t = day(2025, 1, 1);
+        for name in ["over", "under"] {
+            let s = burn::snapshots(
+                &mut c,
+                name,
+                day(2024, 12, 31).date_naive(),
+                day(2024, 12, 31).date_naive(),
+            )
+            .unwrap()
+            .remove(0);
+            let live = burn::account_burn(&mut c, name, t, window_len(t, 30), &th).unwrap();
+            assert_eq!(s.period_start, asbb::domain::time::to_naive(t), "{name}");
+            assert_eq!(s.period_spent_micros, 0, "{name}");
+            assert_eq!(s.period_spent_micros, live.inputs.period_spent.micros());
+            assert_eq!(s.health_score, i64::from(live.figures.health), "{name}");
+            assert_eq!(
+                s.projected_period_micros,
+                live.figures.projection.period_end_spend.micros(),
+                "{name}"
+            );
+            assert_eq!(
+                s.risk_level,
+                live.figures.projection.risk.as_str(),
+                "{name}"
+            );
+        }
     }
 );
 
@@ -616,4 +657,228 @@ db_test!(alerts_are_raised_once_resolved_and_acknowledged, |db| {
     )
     .unwrap();
     assert!(all.iter().any(|a| a.id == id && a.state() == "resolved"));
+});
+
+/// A charge recorded now, effective `t`, under `key`.
+fn backfill(conn: &mut DbConn, name: &str, amount: &str, t: DateTime<Utc>, key: &str) {
+    ledger::charge_without_hold(
+        conn,
+        &OpContext {
+            actor: "test".into(),
+            effective_at: t,
+            recorded_at: day(2026, 1, 1),
+        },
+        &ChargeUnmatched {
+            account: name,
+            amount: usd(amount),
+            partition: None,
+            cluster: None,
+            job_id: None,
+            user_name: None,
+            reason: "late",
+            key,
+        },
+    )
+    .unwrap();
+}
+
+db_test!(a_backfill_that_commits_after_a_run_is_found, |db| {
+    // Journal ids are handed out before commit: on PostgreSQL an entry can commit with an id
+    // below one that committed earlier. A run that happens in between must not make the next
+    // run skip it.
+    let mut c = db.conn();
+    account(&mut c, "slow", day(2024, 1, 1), day(2025, 1, 1));
+    account(&mut c, "fast", day(2024, 1, 1), day(2025, 1, 1));
+    for a in ["slow", "fast"] {
+        ledger::credit(
+            &mut c,
+            &at(day(2024, 1, 1)),
+            &ledger::MoneyOp {
+                account: a,
+                amount: usd("3660"),
+                reason: "budget",
+                key: &format!("budget-{a}"),
+                job_id: None,
+                partition: None,
+            },
+        )
+        .unwrap();
+    }
+    let opts = ComputeOptions {
+        window_days: 30,
+        thresholds: BurnThresholds::default(),
+    };
+    let now = day(2026, 1, 1);
+    burn::compute(&mut c, day(2024, 3, 1), now, &opts, &mut |_, _| {}).unwrap();
+    if db.backend == common::Backend::Postgres {
+        // "slow" books a backfill for February 10 and has not committed yet, while "fast"
+        // books one (a higher journal id) that commits at once; a run starts, reads the
+        // journal, and has to wait for "slow"'s account row to write its snapshots. Only then
+        // does "slow" commit. (On SQLite the one writer makes ids follow commit order.)
+        let mut slow = db.conn();
+        let mut watcher = db.conn();
+        type Run = std::thread::JoinHandle<burn::ComputeReport>;
+        asbb::db::write_transaction(&mut slow, |slow| -> Result<Run, ledger::LedgerError> {
+            backfill(slow, "slow", "100", day(2024, 2, 10), "late-slow");
+            backfill(&mut c, "fast", "5", day(2024, 2, 29), "late-fast");
+            let url = db.url.clone();
+            let run = std::thread::spawn(move || {
+                let mut c = asbb::db::connect_checked(
+                    &asbb::db::DbUrl::parse(&url).unwrap(),
+                    &asbb::db::ConnectOptions::default(),
+                )
+                .unwrap();
+                burn::compute(&mut c, day(2024, 3, 2), now, &opts, &mut |_, _| {}).unwrap()
+            });
+            wait_for_a_lock_wait(&mut watcher);
+            Ok(run)
+        })
+        .map(|run| {
+            let r = run.join().unwrap();
+            assert_eq!(r.recomputed, 1, "the run saw the backfill of 'fast'");
+        })
+        .unwrap();
+    } else {
+        burn::compute(&mut c, day(2024, 3, 2), now, &opts, &mut |_, _| {}).unwrap();
+        backfill(&mut c, "slow", "100", day(2024, 2, 10), "late-slow");
+    }
+    // The next run finds the late entry and recomputes "slow" from February 10.
+    let r = burn::compute(&mut c, day(2024, 3, 3), now, &opts, &mut |_, _| {}).unwrap();
+    assert_eq!(r.recomputed, 1, "the backfill of 'slow' was found");
+    let s = burn::snapshots(
+        &mut c,
+        "slow",
+        day(2024, 2, 10).date_naive(),
+        day(2024, 3, 2).date_naive(),
+    )
+    .unwrap();
+    assert_eq!(s.len(), 22, "Feb 10 to Mar 2");
+    assert_eq!(s[0].spent_micros, 100_000_000);
+    assert!(s.iter().all(|x| x.charged_micros == 100_000_000));
+    // A run with nothing new recomputes nothing.
+    let r = burn::compute(&mut c, day(2024, 3, 3), now, &opts, &mut |_, _| {}).unwrap();
+    assert_eq!((r.recomputed, r.days_written), (0, 0));
+});
+
+/// Waits until some session of this PostgreSQL database waits for a row lock (the burn-rate run
+/// writing the snapshots of an account whose ledger operation has not committed).
+fn wait_for_a_lock_wait(conn: &mut DbConn) {
+    use diesel::prelude::*;
+    #[derive(QueryableByName)]
+    struct N {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let DbConn::Postgres(pg) = conn else {
+        unreachable!("PostgreSQL only")
+    };
+    for _ in 0..6000 {
+        let w: N = diesel::sql_query(
+            "SELECT COUNT(*) AS n FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .get_result(pg)
+        .unwrap();
+        if w.n > 0 {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    panic!("the burn-rate run never waited for the uncommitted account");
+}
+
+db_test!(a_no_cost_extension_lengthens_the_last_period, |db| {
+    let mut c = db.conn();
+    account(&mut c, "ext", day(2025, 1, 1), day(2027, 1, 1));
+    let g = grants::create(
+        &mut c,
+        &at(day(2025, 1, 1)),
+        &grants::NewGrant {
+            number: "EXT-1".into(),
+            agency: "NSF".into(),
+            program: String::new(),
+            pi: "Dr. PI".into(),
+            co_pis: vec![],
+            institution: String::new(),
+            department: String::new(),
+            amount: usd("24000"),
+            start: day(2025, 1, 1),
+            end: day(2027, 1, 1),
+            period_months: 12,
+            indirect_rate: Decimal::ZERO,
+            federal_award_id: String::new(),
+            project_code: String::new(),
+            cost_center: String::new(),
+            carry_over: CarryOver::None,
+            period_budgets: None,
+        },
+    )
+    .unwrap();
+    grants::link(
+        &mut c,
+        &at(day(2025, 1, 1)),
+        "EXT-1",
+        "ext",
+        Decimal::from(100),
+    )
+    .unwrap();
+    let extend = |c: &mut DbConn, t, end| {
+        grants::update(
+            c,
+            &at(t),
+            "EXT-1",
+            &grants::GrantUpdate {
+                end: Some(end),
+                reason: "no-cost extension".into(),
+                ..Default::default()
+            },
+        )
+    };
+    // Earlier is refused; later lengthens period 2 (pending) with the same budget.
+    assert!(extend(&mut c, day(2025, 6, 1), day(2026, 7, 1)).is_err());
+    let after = extend(&mut c, day(2025, 6, 1), day(2027, 7, 1)).unwrap();
+    assert_eq!((after.end, after.amount), (day(2027, 7, 1), usd("24000")));
+    let p = grants::period_rows(&mut c, g.id).unwrap();
+    assert_eq!(p.len(), 2);
+    assert_eq!(
+        (p[0].start(), p[0].end()),
+        (day(2025, 1, 1), day(2026, 1, 1))
+    );
+    assert_eq!(
+        (p[1].start(), p[1].end()),
+        (day(2026, 1, 1), day(2027, 7, 1))
+    );
+    assert_eq!(p[1].budget_micros, 12_000_000_000);
+    let changes: Vec<(String, String, String)> = grants::changes(&mut c, g.id)
+        .unwrap()
+        .into_iter()
+        .map(|(f, o, n, _, r, _)| {
+            assert_eq!(r, "no-cost extension");
+            (f, o, n)
+        })
+        .collect();
+    assert_eq!(
+        changes,
+        [
+            ("end".into(), "2026-12-31".into(), "2027-06-30".into()),
+            (
+                "period_end".into(),
+                "2:2026-12-31".into(),
+                "2:2027-06-30".into()
+            ),
+        ]
+    );
+    // Nothing expires at the old end: period 2 runs on.
+    grants::process(&mut c, &at(day(2027, 2, 1)), None, false).unwrap();
+    let p = grants::period_rows(&mut c, g.id).unwrap();
+    assert_eq!(p[1].status, "active");
+    // At the new end it closes, and then it cannot be extended again.
+    grants::process(&mut c, &at(day(2027, 7, 1)), None, false).unwrap();
+    let p = grants::period_rows(&mut c, g.id).unwrap();
+    assert_eq!(
+        (p[1].status.as_str(), p[1].expired_micros),
+        ("closed", Some(12_000_000_000))
+    );
+    assert!(extend(&mut c, day(2027, 7, 2), day(2027, 12, 31)).is_err());
+    assert_audit_clean(&mut c);
 });

@@ -2,7 +2,7 @@
 //! for the advisor ([`status`]), the alerts and their notification hook ([`notify`]).
 //!
 //! Order, so that a kill at any moment is harmless: snapshots are committed in bounded batches
-//! (a rerun continues from the cursors); status files are written whole and renamed into place;
+//! (a rerun continues from the cursors); status files are written whole, flushed to disk and renamed into place;
 //! alerts are synchronised in one transaction; only then are new alerts handed to the hook, and
 //! each is marked delivered after its hook succeeded (so a kill may deliver one twice, never
 //! lose it).
@@ -325,16 +325,18 @@ pub fn run_compute(
     summary.grants = summary.grant_analyses.len() as u64;
     if !cfg.burn.status_dir.trim().is_empty() {
         let dir = Path::new(cfg.burn.status_dir.trim());
+        let failed = |e: std::io::Error| {
+            LedgerError::invalid(
+                "burn.status_dir",
+                format!("failed to write a status file in {}: {e}", dir.display()),
+            )
+        };
+        let mut w = status::StatusWriter::new(dir).map_err(failed)?;
         for a in &report.current {
             let v = status::status_json(a, as_of, now, None);
-            status::write_atomically(dir, &a.context.name, &v).map_err(|e| {
-                LedgerError::invalid(
-                    "burn.status_dir",
-                    format!("failed to write a status file in {}: {e}", dir.display()),
-                )
-            })?;
-            summary.status_files += 1;
+            w.write(&a.context.name, &v).map_err(failed)?;
         }
+        summary.status_files = w.finish().map_err(failed)?;
     }
     summary.alerts = alerts::sync(
         conn,

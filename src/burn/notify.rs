@@ -79,8 +79,16 @@ fn run_hook(argv: &[&str], a: &AlertRow, body: &str, timeout: Duration) -> Resul
 fn write_spool(dir: &Path, a: &AlertRow, body: &str) -> Result<(), String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("failed to create {}: {e}", dir.display()))?;
     let tmp = dir.join(format!(".alert-{}.json.tmp", a.id));
-    std::fs::write(&tmp, body).map_err(|e| format!("failed to write {}: {e}", tmp.display()))?;
+    // Data on disk before the rename, the rename on disk before the alert counts as delivered:
+    // a power cut leaves the old state or the whole file, never an empty one.
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(body.as_bytes())?;
+        f.sync_all()
+    };
+    write().map_err(|e| format!("failed to write {}: {e}", tmp.display()))?;
     std::fs::rename(&tmp, dir.join(format!("alert-{}.json", a.id)))
+        .and_then(|()| std::fs::File::open(dir)?.sync_all())
         .map_err(|e| format!("failed to rename into {}: {e}", dir.display()))
 }
 

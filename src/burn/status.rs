@@ -2,8 +2,9 @@
 //! `asbb burn-rate compute` into `burn.status_dir` and answered live by `asbb status`. The
 //! format is `spool-schemas/budget-status.v1.schema.json`; money is a decimal string.
 
+use std::fs::File;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
@@ -224,16 +225,135 @@ pub fn status_json(
     v
 }
 
-/// Writes `<dir>/<account>.json` whole: a temporary file in the same directory, renamed over the
-/// old one, so a reader sees the old or the new document, never a part. (Not fsynced: the files
-/// are rewritten on every run, and a file lost to a power cut is missing, not wrong.)
-pub fn write_atomically(dir: &Path, account: &str, v: &Value) -> std::io::Result<()> {
-    std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!(".{account}.json.tmp"));
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        serde_json::to_writer_pretty(&mut f, v)?;
-        f.write_all(b"\n")?;
+/// Status files handed to the writing threads at once.
+pub const FILES_PER_GROUP: usize = 256;
+
+/// Threads writing one group of status files. Each file waits on the disk twice (its flush,
+/// and the rename that frees the old file's blocks); with many in flight the file system
+/// commits them together instead of one after the other.
+pub const WRITER_THREADS: usize = 16;
+
+/// Writes budget status files durably and atomically: each document goes to a temporary file in
+/// the same directory, its data is flushed to disk (`fsync`), then it is renamed over
+/// `<dir>/<account>.json`, and at the end the directory itself is flushed so that the renames
+/// survive a power cut. A reader sees the old or the new document, never a part, and after a
+/// crash a file is the old document or the new one, never empty.
+///
+/// Documents are serialised by the caller's thread and written in groups of
+/// [`FILES_PER_GROUP`] by [`WRITER_THREADS`] threads: ten thousand accounts cost a few hundred
+/// journal commits of the file system, not twenty thousand.
+#[derive(Debug)]
+pub struct StatusWriter {
+    dir: PathBuf,
+    pending: Vec<(String, Vec<u8>)>,
+    written: u64,
+}
+
+impl StatusWriter {
+    /// A writer into `dir` (created if missing).
+    pub fn new(dir: &Path) -> std::io::Result<StatusWriter> {
+        std::fs::create_dir_all(dir)?;
+        Ok(StatusWriter {
+            dir: dir.to_path_buf(),
+            pending: Vec::with_capacity(FILES_PER_GROUP),
+            written: 0,
+        })
     }
+
+    /// Writes `<account>.json` (in place once its group is written).
+    pub fn write(&mut self, account: &str, v: &Value) -> std::io::Result<()> {
+        let mut body = serde_json::to_vec_pretty(v)?;
+        body.push(b'\n');
+        self.pending.push((account.to_string(), body));
+        if self.pending.len() >= FILES_PER_GROUP {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let dir = &self.dir;
+        let per_thread = self.pending.len().div_ceil(WRITER_THREADS).max(1);
+        std::thread::scope(|scope| {
+            let workers: Vec<_> = self
+                .pending
+                .chunks(per_thread)
+                .map(|group| {
+                    scope.spawn(move || {
+                        group
+                            .iter()
+                            .try_for_each(|(account, body)| write_one(dir, account, body))
+                    })
+                })
+                .collect();
+            workers.into_iter().try_for_each(|w| {
+                w.join()
+                    .unwrap_or_else(|_| Err(std::io::Error::other("a writer thread panicked")))
+            })
+        })?;
+        self.written += self.pending.len() as u64;
+        self.pending.clear();
+        Ok(())
+    }
+
+    /// Writes what is left, then flushes the directory; returns the files written.
+    pub fn finish(mut self) -> std::io::Result<u64> {
+        self.flush()?;
+        File::open(&self.dir)?.sync_all()?;
+        Ok(self.written)
+    }
+}
+
+/// One file: temporary name, data flushed, renamed into place.
+fn write_one(dir: &Path, account: &str, body: &[u8]) -> std::io::Result<()> {
+    let tmp = dir.join(format!(".{account}.json.tmp"));
+    let mut f = File::create(&tmp)?;
+    f.write_all(body)?;
+    f.sync_all()?;
+    drop(f);
     std::fs::rename(&tmp, dir.join(format!("{account}.json")))
+}
+
+/// Writes one status file durably (see [`StatusWriter`]).
+pub fn write_atomically(dir: &Path, account: &str, v: &Value) -> std::io::Result<()> {
+    let mut w = StatusWriter::new(dir)?;
+    w.write(account, v)?;
+    w.finish().map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_files_are_replaced_whole_in_groups() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = FILES_PER_GROUP * 2 + 3;
+        for generation in 0..2 {
+            let mut w = StatusWriter::new(dir.path()).unwrap();
+            for i in 0..n {
+                w.write(
+                    &format!("acct-{i}"),
+                    &json!({"generation": generation, "i": i}),
+                )
+                .unwrap();
+            }
+            assert_eq!(w.finish().unwrap(), n as u64);
+            let names: Vec<String> = std::fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            assert_eq!(names.len(), n, "no temporary files are left: {names:?}");
+            let v: Value = serde_json::from_str(
+                &std::fs::read_to_string(dir.path().join(format!("acct-{}.json", n - 1))).unwrap(),
+            )
+            .unwrap();
+            assert_eq!(v, json!({"generation": generation, "i": n - 1}));
+        }
+        // One file by itself; a directory that cannot be written is an error, not a panic.
+        write_atomically(dir.path(), "solo", &json!({"x": 1})).unwrap();
+        assert!(dir.path().join("solo.json").is_file());
+        let file = dir.path().join("solo.json");
+        assert!(StatusWriter::new(&file.join("sub")).is_err());
+    }
 }

@@ -26,7 +26,8 @@ pub enum GrantCmd {
     Show(NumberArgs),
     /// List a grant's budget periods with budgets, spending, carry-over and expiry.
     Periods(NumberArgs),
-    /// Change a grant's details, indirect rate, carry-over policy, or a future period's budget.
+    /// Change a grant's details, indirect rate, carry-over policy, a future period's budget, or
+    /// extend its end (a no-cost extension).
     Update(UpdateArgs),
     /// Close a grant now: the running period ends, later periods are cancelled.
     Close(CloseArgs),
@@ -176,6 +177,10 @@ pub struct UpdateArgs {
     /// The period's new budget; the award becomes the sum of the budgets.
     #[arg(long, requires = "period", value_name = "AMOUNT")]
     pub budget: Option<String>,
+    /// A later last day (a no-cost extension): the last budget period is lengthened to it,
+    /// with the same budget.
+    #[arg(long, value_name = "DATE")]
+    pub end: Option<String>,
     /// Why, recorded with the change.
     #[arg(long, default_value = "")]
     pub reason: String,
@@ -631,6 +636,22 @@ pub(crate) fn run(ctx: &Ctx<'_>, cmd: &GrantCmd, out: &mut dyn Write) -> Result<
                         )?;
                     }
                 }
+                let changes = grants::changes(&mut conn, g.id)?;
+                if !changes.is_empty() {
+                    writeln!(out, "\nchanges:")?;
+                    for (field, old, new, actor, reason, at) in &changes {
+                        writeln!(
+                            out,
+                            "  {} {field}: {old} -> {new} (by {actor}{})",
+                            at.format("%Y-%m-%d"),
+                            if reason.is_empty() {
+                                String::new()
+                            } else {
+                                format!(": {reason}")
+                            }
+                        )?;
+                    }
+                }
                 if let Some(b) = &burn {
                     writeln!(out)?;
                     super::burn::print_figures(
@@ -691,11 +712,62 @@ pub(crate) fn run(ctx: &Ctx<'_>, cmd: &GrantCmd, out: &mut dyn Write) -> Result<
                     (Some(p), Some(b)) => Some((p, super::non_negative_arg("--budget", b)?)),
                     _ => None,
                 },
+                end: a
+                    .end
+                    .as_deref()
+                    .map(|e| {
+                        DateInput::parse(e)
+                            .map(|d| d.end_exclusive())
+                            .map_err(|e| CliError::usage("--end", e))
+                    })
+                    .transpose()?,
                 reason: a.reason.clone(),
             };
+            let before = grants::load(&mut conn, &a.number)?;
             let g = grants::update(&mut conn, &ctx.op()?, &a.number, &u)?;
+            // Accounts whose own active period ends before the extended grant.
+            let short: Vec<(String, chrono::DateTime<chrono::Utc>)> = if g.end != before.end {
+                let mut v = Vec::new();
+                for l in grants::links(&mut conn, g.id)?
+                    .into_iter()
+                    .filter(|l| l.unlinked_at.is_none())
+                {
+                    let acct = crate::db::queries::account(&mut conn, &l.account)?;
+                    if acct.ends_at < g.end {
+                        v.push((l.account, acct.ends_at));
+                    }
+                }
+                v
+            } else {
+                Vec::new()
+            };
             if ctx.cli.json {
-                print_json(out, &grant_json(&g))?;
+                let mut v = grant_json(&g);
+                v["accounts_ending_before_grant"] = json!(short
+                    .iter()
+                    .map(|(a, e)| json!({"account": a, "ends": last_day(*e)}))
+                    .collect::<Vec<_>>());
+                print_json(out, &v)?;
+            } else if g.end != before.end {
+                let last = grants::period_rows(&mut conn, g.id)?
+                    .pop()
+                    .map(|p| p.number)
+                    .unwrap_or(0);
+                writeln!(
+                    out,
+                    "extended grant {} to {} (was {}): budget period {last} now ends then, with the same budget; no money added",
+                    g.number,
+                    last_day(g.end),
+                    last_day(before.end)
+                )?;
+                for (a, e) in &short {
+                    writeln!(
+                        out,
+                        "note: budget account '{a}' ends on {}, before the grant; extend it with `asbb account update {a} --end {}`",
+                        last_day(*e),
+                        last_day(g.end)
+                    )?;
+                }
             } else {
                 writeln!(out, "updated grant {} (award ${})", g.number, g.amount)?;
             }

@@ -167,7 +167,7 @@ pub fn sync(
     recorded: DateTime<Utc>,
 ) -> Result<SyncReport, LedgerError> {
     write_transaction(conn, |conn| {
-        let open: Vec<(i64, String, String, String, String)> = alerts::table
+        let open: Vec<(i64, String, String, String, String, String)> = alerts::table
             .filter(alerts::resolved_at.is_null())
             .filter(alerts::kind.eq_any(kinds))
             .select((
@@ -176,38 +176,45 @@ pub fn sync(
                 alerts::subject_kind,
                 alerts::subject,
                 alerts::value,
+                alerts::threshold,
             ))
             .load(conn)?;
-        let by_key: HashMap<&str, (i64, &str)> = open
+        let by_key: HashMap<&str, (i64, &str, &str)> = open
             .iter()
-            .map(|(id, k, _, _, v)| (k.as_str(), (*id, v.as_str())))
+            .map(|(id, k, _, _, v, th)| (k.as_str(), (*id, v.as_str(), th.as_str())))
             .collect();
         let wanted: HashSet<&str> = current.iter().map(|a| a.dedup_key.as_str()).collect();
         let mut report = SyncReport::default();
+        // Alerts whose value is unchanged only get seen again: one statement for all of them.
+        let mut seen_again: Vec<i64> = Vec::new();
         for a in current {
             match by_key.get(a.dedup_key.as_str()) {
-                Some((id, value)) => {
+                Some((id, value, threshold)) => {
                     report.kept += 1;
-                    if *value != a.value {
+                    if *value != a.value || *threshold != a.threshold {
                         diesel::update(alerts::table.find(*id))
                             .set((
                                 alerts::last_seen_at.eq(to_naive(at)),
                                 alerts::value.eq(&a.value),
+                                alerts::threshold.eq(&a.threshold),
                                 alerts::message.eq(&a.message),
                             ))
                             .execute(conn)?;
                     } else {
-                        diesel::update(alerts::table.find(*id))
-                            .set(alerts::last_seen_at.eq(to_naive(at)))
-                            .execute(conn)?;
+                        seen_again.push(*id);
                     }
                 }
                 None => report.raised.push(insert(conn, a, at, recorded)?),
             }
         }
+        for chunk in seen_again.chunks(500) {
+            diesel::update(alerts::table.filter(alerts::id.eq_any(chunk)))
+                .set(alerts::last_seen_at.eq(to_naive(at)))
+                .execute(conn)?;
+        }
         let stale: Vec<i64> = open
             .iter()
-            .filter(|(_, k, sk, s, _)| {
+            .filter(|(_, k, sk, s, _, _)| {
                 !wanted.contains(k.as_str())
                     && subjects.is_none_or(|set| set.contains(&(sk.clone(), s.clone())))
             })

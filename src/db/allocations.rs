@@ -7,6 +7,8 @@
 //! (`next_period`, `next_due_at`) and the period's row are written in the same savepoint as its
 //! credit. Schedules are visited in (account, id) order, a bounded batch per transaction.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 
@@ -334,6 +336,60 @@ pub fn pauses(conn: &mut DbConn, id: i64) -> Result<Vec<PauseRecord>, LedgerErro
         .collect())
 }
 
+/// What `book` needs besides the schedule row, read for a whole page of schedules at once:
+/// each account's name and status, each schedule's pauses.
+#[derive(Debug, Default)]
+struct PageFacts {
+    /// Whether this was loaded for the page (else `book` reads what it needs itself).
+    loaded: bool,
+    accounts: HashMap<i64, (String, String)>,
+    pauses: HashMap<i64, Vec<Pause>>,
+}
+
+impl PageFacts {
+    fn load(conn: &mut DbConn, rows: &[ScheduleRow]) -> Result<PageFacts, LedgerError> {
+        let mut account_ids: Vec<i64> = rows.iter().map(|r| r.account_id).collect();
+        account_ids.sort_unstable();
+        account_ids.dedup();
+        let accounts = accounts::table
+            .filter(accounts::id.eq_any(&account_ids))
+            .select((accounts::id, accounts::name, accounts::status))
+            .load::<(i64, String, String)>(conn)?
+            .into_iter()
+            .map(|(id, n, s)| (id, (n, s)))
+            .collect();
+        let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+        let mut pauses: HashMap<i64, Vec<Pause>> = HashMap::new();
+        let rows: Vec<(
+            i64,
+            chrono::NaiveDateTime,
+            Option<chrono::NaiveDateTime>,
+            bool,
+        )> = allocation_pauses::table
+            .filter(allocation_pauses::schedule_id.eq_any(&ids))
+            .order(allocation_pauses::id)
+            .select((
+                allocation_pauses::schedule_id,
+                allocation_pauses::paused_at,
+                allocation_pauses::resumed_at,
+                allocation_pauses::catch_up,
+            ))
+            .load(conn)?;
+        for (id, p, r, c) in rows {
+            pauses.entry(id).or_default().push(Pause {
+                paused_at: from_naive(p),
+                resumed_at: r.map(from_naive),
+                catch_up: c,
+            });
+        }
+        Ok(PageFacts {
+            loaded: true,
+            accounts,
+            pauses,
+        })
+    }
+}
+
 fn domain_pauses(conn: &mut DbConn, id: i64) -> Result<Vec<Pause>, LedgerError> {
     Ok(pauses(conn, id)?
         .into_iter()
@@ -507,7 +563,7 @@ pub fn process_schedule(
             .get_result(conn)
             .optional()?
             .ok_or_else(|| unknown(id))?;
-        book(conn, ctx, &row, false, &mut report)
+        book(conn, ctx, &row, &PageFacts::default(), false, &mut report)
     })?;
     Ok(report)
 }
@@ -517,6 +573,7 @@ fn book(
     conn: &mut DbConn,
     ctx: &OpContext,
     row: &ScheduleRow,
+    facts: &PageFacts,
     dry_run: bool,
     report: &mut ProcessReport,
 ) -> Result<(), LedgerError> {
@@ -524,12 +581,19 @@ fn book(
     if row.status != "active" {
         return Ok(());
     }
-    let (name, status): (String, String) = accounts::table
-        .find(row.account_id)
-        .select((accounts::name, accounts::status))
-        .get_result(conn)?;
+    let (name, status) = match facts.accounts.get(&row.account_id) {
+        Some((n, s)) => (n.clone(), s.clone()),
+        None => accounts::table
+            .find(row.account_id)
+            .select((accounts::name, accounts::status))
+            .get_result::<(String, String)>(conn)?,
+    };
     let terms = row.terms();
-    let pauses = domain_pauses(conn, row.id)?;
+    let pauses = if facts.loaded {
+        facts.pauses.get(&row.id).cloned().unwrap_or_default()
+    } else {
+        domain_pauses(conn, row.id)?
+    };
     let due = decide(
         &terms,
         u32::try_from(row.next_period).unwrap_or(u32::MAX),
@@ -713,13 +777,15 @@ pub fn process(
                 q = q.filter(allocation_schedules::id.eq(s));
             }
             let rows: Vec<ScheduleRow> = q.load(conn)?;
+            let facts = PageFacts::load(conn, &rows)?;
             let mut last = None;
             for row in &rows {
                 last = Some((row.account_id, row.id));
                 // Each schedule in its own savepoint: one that fails (a closed account, a key
                 // conflict) is reported and the others are still booked.
                 let mut one = ProcessReport::default();
-                let r = write_transaction(conn, |conn| book(conn, ctx, row, dry_run, &mut one));
+                let r =
+                    write_transaction(conn, |conn| book(conn, ctx, row, &facts, dry_run, &mut one));
                 match r {
                     Ok(()) => {
                         report.periods.extend(one.periods);

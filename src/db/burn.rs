@@ -5,8 +5,9 @@
 //! account's journal directly, the batch path sweeps the journal day by day from where the
 //! account's snapshots end (a cursor per account), carrying rolling sums forward. So a
 //! snapshot of day D holds exactly what a live analysis as of D+1 00:00 says. Entries booked
-//! after a run with an earlier effective time (backfills) are found through the journal id the
-//! run saw last, and the days from theirs on are recomputed.
+//! after a run with an earlier effective time (backfills) are found through each account's
+//! entry sequence number as the run read it (see [`compute`]), and the days from theirs on are
+//! recomputed.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -27,8 +28,8 @@ use crate::domain::grant::share_of;
 use crate::domain::time::{from_naive, to_naive};
 use crate::domain::UsdMicros;
 
-/// Snapshot rows written per statement (both backends bound the parameters of one statement).
-const SNAPSHOT_ROWS_PER_INSERT: usize = 500;
+/// Snapshot rows per `COPY` on PostgreSQL: bounds the rows buffered for one statement.
+const SNAPSHOT_ROWS_PER_COPY: usize = 5_000;
 
 /// Days swept per pass of the batch: bounds the journal rows held in memory at once.
 const DAYS_PER_PASS: i64 = 31;
@@ -634,10 +635,7 @@ pub fn grant_burn(
 
 /// One stored snapshot.
 #[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Insertable)]
-#[diesel(table_name = burn_snapshots)]
-// `None` is NULL, never DEFAULT: then diesel inserts many rows with one statement on SQLite
-// too (with a possible DEFAULT it sends one statement per row).
-#[diesel(treat_none_as_default_value = false)]
+#[diesel(table_name = burn_snapshots, treat_none_as_default_value = false)]
 pub struct SnapshotRow {
     /// Account.
     pub account_id: i64,
@@ -743,6 +741,11 @@ struct Sweep {
     /// The next day to compute.
     day: NaiveDate,
     bounds: Option<Bounds>,
+    /// Stored snapshots from this day on are replaced (a recompute after a backfill).
+    rewrite_from: Option<NaiveDate>,
+    /// The account's entry count read at the start of the run: every entry up to this `seq`
+    /// is committed and seen by this run (the account's next backfill watermark).
+    seq_seen: i64,
 }
 
 impl Sweep {
@@ -779,10 +782,121 @@ pub struct ComputeOptions {
     pub thresholds: BurnThresholds,
 }
 
+/// Ids per `IN (…)` list: both backends bound the parameters of one statement.
+const IDS_PER_QUERY: usize = 500;
+
+/// The state a resumed account starts from: the end of the day before its first day.
+#[derive(Debug, Clone, Copy, Queryable)]
+struct ResumeRow {
+    account_id: i64,
+    day: NaiveDate,
+    spent: i64,
+    credited: i64,
+    charged: i64,
+    held: i64,
+    period_spent: i64,
+    horizon_spent: i64,
+}
+
+/// Holds `burn-rate compute`'s lock for one run on PostgreSQL: a session-level advisory lock,
+/// so that two timers (on two hosts sharing one ledger) never sweep at once; it goes with the
+/// connection if the process dies. On SQLite each write transaction serialises on its own and
+/// the sweep is idempotent, so nothing is needed.
+fn with_run_lock<T>(
+    conn: &mut DbConn,
+    f: impl FnOnce(&mut DbConn) -> Result<T, LedgerError>,
+) -> Result<T, LedgerError> {
+    if let DbConn::Postgres(c) = conn {
+        diesel::sql_query(format!("SELECT pg_advisory_lock({BURN_LOCK})")).execute(c)?;
+    }
+    let r = f(conn);
+    if let DbConn::Postgres(c) = conn {
+        let unlocked =
+            diesel::sql_query(format!("SELECT pg_advisory_unlock({BURN_LOCK})")).execute(c);
+        if r.is_ok() {
+            unlocked?;
+        }
+    }
+    r
+}
+
+/// Writes snapshot rows: one prepared single-row statement per row on SQLite (in process, so
+/// a cached statement beats building a statement of thousands of parameters), a binary `COPY`
+/// on PostgreSQL (one round trip).
+fn insert_snapshots(conn: &mut DbConn, rows: &[SnapshotRow]) -> Result<(), LedgerError> {
+    match conn {
+        DbConn::Sqlite(c) => {
+            for r in rows {
+                diesel::insert_into(burn_snapshots::table)
+                    .values(r)
+                    .execute(c)?;
+            }
+        }
+        DbConn::Postgres(c) => {
+            for chunk in rows.chunks(SNAPSHOT_ROWS_PER_COPY) {
+                diesel::copy_from(burn_snapshots::table)
+                    .from_insertable(chunk)
+                    .execute(c)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Moves the cursors (last day, entries seen) of the given accounts.
+fn upsert_cursors(conn: &mut DbConn, rows: &[(i64, NaiveDate, i64)]) -> Result<(), LedgerError> {
+    use diesel::upsert::excluded;
+    for chunk in rows.chunks(IDS_PER_QUERY) {
+        let values: Vec<_> = chunk
+            .iter()
+            .map(|(a, d, seq)| {
+                (
+                    burn_cursors::account_id.eq(*a),
+                    burn_cursors::last_day.eq(*d),
+                    burn_cursors::seq_seen.eq(*seq),
+                )
+            })
+            .collect();
+        let q = diesel::insert_into(burn_cursors::table)
+            .values(&values)
+            .on_conflict(burn_cursors::account_id)
+            .do_update()
+            .set((
+                burn_cursors::last_day.eq(excluded(burn_cursors::last_day)),
+                burn_cursors::seq_seen.eq(excluded(burn_cursors::seq_seen)),
+            ));
+        match conn {
+            DbConn::Sqlite(c) => q.execute(c)?,
+            DbConn::Postgres(c) => q.execute(c)?,
+        };
+    }
+    Ok(())
+}
+
 /// `asbb burn-rate compute`: writes the snapshots of every complete day up to `as_of` that is
 /// missing (catch-up), recomputes days that later entries changed, and returns each account's
 /// analysis as of `as_of`. `progress` is told the number of accounts done.
+///
+/// **Backfills.** Entries booked after a run with an effective time on a day the run already
+/// covered are found by their per-account sequence number: each cursor keeps the account's
+/// entry count as the run read it before reading any journal row. An account's entries commit
+/// in sequence order (each ledger operation holds the account's row lock, or on SQLite the
+/// database's write lock, until it commits), so every entry up to that count was visible to the
+/// run, and every entry after it is looked at by the next run — whatever order journal ids
+/// commit in on PostgreSQL.
 pub fn compute(
+    conn: &mut DbConn,
+    as_of: DateTime<Utc>,
+    now: DateTime<Utc>,
+    opts: &ComputeOptions,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<ComputeReport, LedgerError> {
+    with_run_lock(conn, |conn| {
+        compute_locked(conn, as_of, now, opts, progress)
+    })
+}
+
+fn compute_locked(
     conn: &mut DbConn,
     as_of: DateTime<Utc>,
     now: DateTime<Utc>,
@@ -793,37 +907,32 @@ pub fn compute(
     let keep = window_days.max(30) as usize;
     let end_day = as_of.date_naive(); // days before this one are complete
     let mut report = ComputeReport::default();
-    write_transaction(conn, |conn| -> Result<(), LedgerError> {
-        if let DbConn::Postgres(c) = conn {
-            diesel::sql_query(format!("SELECT pg_advisory_xact_lock({BURN_LOCK})")).execute(c)?;
-        }
-        Ok(())
-    })?;
-    let watermark: i64 = burn_runs::table
-        .order(burn_runs::id.desc())
-        .select(burn_runs::journal_watermark)
-        .first(conn)
-        .optional()?
-        .unwrap_or(0);
+    // First, before any journal row is read: how many entries each account has.
+    let seen: HashMap<i64, i64> = accounts::table
+        .select((accounts::id, accounts::entry_count))
+        .load::<(i64, i64)>(conn)?
+        .into_iter()
+        .collect();
     let max_id: i64 = journal::table
         .select(journal::id)
         .order(journal::id.desc())
         .first(conn)
         .optional()?
         .unwrap_or(0);
-    // Backfills: entries recorded since the last run whose effective day is already covered.
-    let late: Vec<(i64, chrono::NaiveDateTime)> = journal::table
-        .filter(journal::id.gt(watermark))
-        .select((journal::account_id, journal::effective_at))
+    // Backfills: entries the last run did not see whose effective day it already covered.
+    let late: Vec<(i64, Option<chrono::NaiveDateTime>)> = journal::table
+        .inner_join(
+            burn_cursors::table.on(burn_cursors::account_id
+                .eq(journal::account_id)
+                .and(journal::seq.gt(burn_cursors::seq_seen))),
+        )
+        .group_by(journal::account_id)
+        .select((journal::account_id, diesel::dsl::min(journal::effective_at)))
         .load(conn)?;
-    let mut earliest_new: HashMap<i64, NaiveDate> = HashMap::new();
-    for (a, at) in late {
-        let d = at.date();
-        earliest_new
-            .entry(a)
-            .and_modify(|x| *x = (*x).min(d))
-            .or_insert(d);
-    }
+    let earliest_new: HashMap<i64, NaiveDate> = late
+        .into_iter()
+        .filter_map(|(a, t)| t.map(|t| (a, t.date())))
+        .collect();
     let cursors: HashMap<i64, NaiveDate> = burn_cursors::table
         .select((burn_cursors::account_id, burn_cursors::last_day))
         .load::<(i64, NaiveDate)>(conn)?
@@ -840,7 +949,7 @@ pub fn compute(
             .map(|c| c.account_id)
             .collect();
         let mut m = HashMap::new();
-        for chunk in missing.chunks(500) {
+        for chunk in missing.chunks(IDS_PER_QUERY) {
             let rows: Vec<(i64, Option<chrono::NaiveDateTime>)> = journal::table
                 .filter(journal::account_id.eq_any(chunk))
                 .group_by(journal::account_id)
@@ -851,93 +960,42 @@ pub fn compute(
         m
     };
     let mut recomputed = 0u64;
-    let mut resume_rows: Vec<(i64, NaiveDate)> = Vec::new();
     for ctx in contexts {
+        let mut rewrite_from = None;
         let first = match cursors.get(&ctx.account_id) {
             Some(last) => {
                 let mut next = last.succ_opt().unwrap_or(*last);
                 if let Some(e) = earliest_new.get(&ctx.account_id) {
                     if *e < next {
                         next = *e;
+                        rewrite_from = Some(*e);
                         recomputed += 1;
                     }
                 }
                 next
             }
-            None => match firsts.get(&ctx.account_id) {
-                Some(t) => t.date().min(ctx.active.start.date_naive()),
-                None => ctx.active.start.date_naive(),
-            },
+            None => {
+                let first = match firsts.get(&ctx.account_id) {
+                    Some(t) => t.date().min(ctx.active.start.date_naive()),
+                    None => ctx.active.start.date_naive(),
+                };
+                // Snapshots without a cursor (the cursors were cleared by hand) are replaced.
+                rewrite_from = Some(first);
+                first
+            }
         };
-        if cursors.contains_key(&ctx.account_id) {
-            resume_rows.push((ctx.account_id, first));
-        }
         sweeps.push(Sweep {
+            seq_seen: seen.get(&ctx.account_id).copied().unwrap_or(0),
             ctx,
             d: Dynamic::default(),
             spends: VecDeque::with_capacity(keep),
             day: first,
             bounds: None,
+            rewrite_from,
         });
     }
     report.recomputed = recomputed;
-    // Resume: the state at the end of the day before each account's first day, from its
-    // snapshots (cumulative balances, period and horizon spend, the last days' spends).
-    let by_id: HashMap<i64, usize> = sweeps
-        .iter()
-        .enumerate()
-        .map(|(i, s)| (s.ctx.account_id, i))
-        .collect();
-    for chunk in resume_rows.chunks(500) {
-        let ids: Vec<i64> = chunk.iter().map(|(a, _)| *a).collect();
-        let min_first = chunk.iter().map(|(_, d)| *d).min().unwrap_or(end_day);
-        let max_first = chunk.iter().map(|(_, d)| *d).max().unwrap_or(end_day);
-        let from = min_first - Duration::days(keep as i64 + 1);
-        let rows: Vec<SnapshotRow> = burn_snapshots::table
-            .filter(burn_snapshots::account_id.eq_any(&ids))
-            .filter(burn_snapshots::day.ge(from))
-            .filter(burn_snapshots::day.lt(max_first))
-            .order((burn_snapshots::account_id, burn_snapshots::day))
-            .select(SnapshotRow::as_select())
-            .load(conn)?;
-        let mut last_loaded: HashMap<i64, NaiveDate> = HashMap::new();
-        for r in rows {
-            let s = &mut sweeps[by_id[&r.account_id]];
-            if r.day >= s.day || r.day < s.day - Duration::days(keep as i64) {
-                continue;
-            }
-            s.spends.push_back(r.spent_micros);
-            if s.spends.len() > keep {
-                s.spends.pop_front();
-            }
-            s.d.credited = r.credited_micros;
-            s.d.charged = r.charged_micros;
-            s.d.held = r.held_micros;
-            s.d.period_spent = r.period_spent_micros;
-            s.d.horizon_spent = r.horizon_spent_micros;
-            last_loaded.insert(r.account_id, r.day);
-        }
-        for (a, first) in chunk {
-            let s = &mut sweeps[by_id[a]];
-            let prev = *first - Duration::days(1);
-            if last_loaded.get(a) == Some(&prev) {
-                // The state at the end of `prev`, with the bounds the sweep used that day.
-                s.bounds = Some(s.ctx.bounds(day_start(*first) - Duration::seconds(1)));
-            } else {
-                // Nothing to resume from (the recompute reaches before the first snapshot, or
-                // snapshots were removed): start over from the account's beginning.
-                s.d = Dynamic::default();
-                s.spends.clear();
-                s.bounds = None;
-                s.day = firsts
-                    .get(a)
-                    .map(|t| t.date())
-                    .unwrap_or(*first)
-                    .min(s.ctx.active.start.date_naive())
-                    .min(*first);
-            }
-        }
-    }
+    resume(conn, &mut sweeps, &cursors, &firsts, keep)?;
     let start_day = sweeps.iter().map(|s| s.day).min().unwrap_or(end_day);
     let mut pass_start = start_day;
     while pass_start < end_day {
@@ -959,12 +1017,15 @@ pub fn compute(
             rows_of.entry(r.0).or_default().push(r);
         }
         let mut out: Vec<SnapshotRow> = Vec::new();
-        let mut cursor_updates: Vec<(i64, NaiveDate)> = Vec::new();
+        let mut cursor_updates: Vec<(i64, NaiveDate, i64)> = Vec::new();
+        let mut rewrites: Vec<(i64, NaiveDate)> = Vec::new();
         for s in &mut sweeps {
             if s.day >= pass_end {
                 continue;
             }
-            let mine = rows_of.remove(&s.ctx.account_id).unwrap_or_default();
+            let mut mine = rows_of.remove(&s.ctx.account_id).unwrap_or_default();
+            mine.sort_by_key(|r| r.1);
+            let mut next_row = 0;
             let mut day = s.day.max(pass_start);
             let first_written = day;
             while day < pass_end {
@@ -983,11 +1044,15 @@ pub fn compute(
                 } else {
                     0
                 };
-                for (_, at, c, ch, h) in mine.iter().filter(|r| {
-                    let t = from_naive(r.1);
-                    t >= lo && t < hi
-                }) {
-                    let at = from_naive(*at);
+                // Rows before the account's first day of this pass were counted by the
+                // snapshots it resumed from.
+                while next_row < mine.len() && from_naive(mine[next_row].1) < lo {
+                    next_row += 1;
+                }
+                while next_row < mine.len() && from_naive(mine[next_row].1) < hi {
+                    let (_, at, c, ch, h) = mine[next_row];
+                    next_row += 1;
+                    let at = from_naive(at);
                     s.d.credited += c;
                     s.d.charged += ch;
                     s.d.held += h;
@@ -1004,12 +1069,23 @@ pub fn compute(
                 s.d.window_spent = s.last(window_days as usize, spent_day);
                 s.d.spent_7d = s.last(7, spent_day);
                 s.d.spent_30d = s.last(30, spent_day);
-                let inputs = s.ctx.inputs(hi, window_len(hi, window_days), &s.d);
+                // The figures as of the following midnight, as a live analysis then sees
+                // them: when a budget period starts at that midnight, nothing is spent in it
+                // yet (the day's spend counted towards the period that ended).
+                let at_midnight = s.ctx.bounds(hi);
+                let mut d = s.d;
+                if at_midnight.period_from != b.period_from {
+                    d.period_spent = 0;
+                }
+                if at_midnight.horizon_from != b.horizon_from {
+                    d.horizon_spent = 0;
+                }
+                let inputs = s.ctx.inputs(hi, window_len(hi, window_days), &d);
                 let figures = analyse(&inputs, &opts.thresholds);
                 out.push(snapshot_row(
                     s.ctx.account_id,
                     day,
-                    &s.d,
+                    &d,
                     spent_day,
                     &inputs,
                     &figures,
@@ -1024,57 +1100,26 @@ pub fn compute(
                 day = day.succ_opt().unwrap_or(day);
             }
             if day > first_written {
-                cursor_updates.push((s.ctx.account_id, day - Duration::days(1)));
+                cursor_updates.push((s.ctx.account_id, day - Duration::days(1), s.seq_seen));
+                if let Some(f) = s.rewrite_from.take() {
+                    rewrites.push((s.ctx.account_id, f));
+                }
             }
             s.day = day;
         }
         let written = out.len() as u64;
         write_transaction(conn, |conn| -> Result<(), LedgerError> {
             // Rewritten days (a recompute after a backfill) replace what was there.
-            for (a, _) in &cursor_updates {
-                let first = out.iter().find(|r| r.account_id == *a).map(|r| r.day);
-                if let Some(f) = first {
-                    diesel::delete(
-                        burn_snapshots::table
-                            .filter(burn_snapshots::account_id.eq(a))
-                            .filter(burn_snapshots::day.ge(f)),
-                    )
-                    .execute(conn)?;
-                }
+            for (a, from) in &rewrites {
+                diesel::delete(
+                    burn_snapshots::table
+                        .filter(burn_snapshots::account_id.eq(a))
+                        .filter(burn_snapshots::day.ge(from)),
+                )
+                .execute(conn)?;
             }
-            for chunk in out.chunks(SNAPSHOT_ROWS_PER_INSERT) {
-                match conn {
-                    DbConn::Sqlite(c) => diesel::insert_into(burn_snapshots::table)
-                        .values(chunk)
-                        .execute(c)?,
-                    DbConn::Postgres(c) => diesel::insert_into(burn_snapshots::table)
-                        .values(chunk)
-                        .execute(c)?,
-                };
-            }
-            for chunk in cursor_updates.chunks(500) {
-                let ids: Vec<i64> = chunk.iter().map(|(a, _)| *a).collect();
-                diesel::delete(burn_cursors::table.filter(burn_cursors::account_id.eq_any(&ids)))
-                    .execute(conn)?;
-                let rows: Vec<_> = chunk
-                    .iter()
-                    .map(|(a, d)| {
-                        (
-                            burn_cursors::account_id.eq(*a),
-                            burn_cursors::last_day.eq(*d),
-                        )
-                    })
-                    .collect();
-                match conn {
-                    DbConn::Sqlite(c) => diesel::insert_into(burn_cursors::table)
-                        .values(&rows)
-                        .execute(c)?,
-                    DbConn::Postgres(c) => diesel::insert_into(burn_cursors::table)
-                        .values(&rows)
-                        .execute(c)?,
-                };
-            }
-            Ok(())
+            insert_snapshots(conn, &out)?;
+            upsert_cursors(conn, &cursor_updates)
         })?;
         report.days_written += written;
         pass_start = pass_end;
@@ -1143,6 +1188,8 @@ pub fn compute(
         diesel::insert_into(burn_runs::table)
             .values((
                 burn_runs::as_of.eq(to_naive(as_of)),
+                // The highest journal id at the start, for the record only: backfills are
+                // found by per-account sequence numbers (ids commit out of order).
                 burn_runs::journal_watermark.eq(max_id),
                 burn_runs::days_written.eq(report.days_written as i64),
                 burn_runs::accounts.eq(report.accounts as i64),
@@ -1153,6 +1200,94 @@ pub fn compute(
         Ok(())
     })?;
     Ok(report)
+}
+
+/// Loads, for every account with snapshots, the state at the end of the day before its first
+/// day: the cumulative figures of that day's snapshot and the daily spends of the days before
+/// (the rolling windows). An account whose previous day has no snapshot (the recompute reaches
+/// before its first snapshot, or snapshots were removed) starts over from its beginning.
+fn resume(
+    conn: &mut DbConn,
+    sweeps: &mut [Sweep],
+    cursors: &HashMap<i64, NaiveDate>,
+    firsts: &HashMap<i64, chrono::NaiveDateTime>,
+    keep: usize,
+) -> Result<(), LedgerError> {
+    // Accounts resuming on the same day are loaded together (in a daily run: all of them).
+    let mut by_first: HashMap<NaiveDate, Vec<usize>> = HashMap::new();
+    for (i, s) in sweeps.iter().enumerate() {
+        if cursors.contains_key(&s.ctx.account_id) {
+            by_first.entry(s.day).or_default().push(i);
+        }
+    }
+    for (first, idx) in by_first {
+        let from = first - Duration::days(keep as i64);
+        for chunk in idx.chunks(IDS_PER_QUERY) {
+            let ids: Vec<i64> = chunk.iter().map(|&i| sweeps[i].ctx.account_id).collect();
+            let rows: Vec<ResumeRow> = burn_snapshots::table
+                .filter(burn_snapshots::account_id.eq_any(&ids))
+                .filter(burn_snapshots::day.ge(from))
+                .filter(burn_snapshots::day.lt(first))
+                .order((burn_snapshots::account_id, burn_snapshots::day))
+                .select((
+                    burn_snapshots::account_id,
+                    burn_snapshots::day,
+                    burn_snapshots::spent_micros,
+                    burn_snapshots::credited_micros,
+                    burn_snapshots::charged_micros,
+                    burn_snapshots::held_micros,
+                    burn_snapshots::period_spent_micros,
+                    burn_snapshots::horizon_spent_micros,
+                ))
+                .load(conn)?;
+            let pos: HashMap<i64, usize> = chunk
+                .iter()
+                .map(|&i| (sweeps[i].ctx.account_id, i))
+                .collect();
+            let mut last_loaded: HashMap<i64, NaiveDate> = HashMap::new();
+            for r in rows {
+                let s = &mut sweeps[pos[&r.account_id]];
+                s.spends.push_back(r.spent);
+                if s.spends.len() > keep {
+                    s.spends.pop_front();
+                }
+                s.d.credited = r.credited;
+                s.d.charged = r.charged;
+                s.d.held = r.held;
+                s.d.period_spent = r.period_spent;
+                s.d.horizon_spent = r.horizon_spent;
+                last_loaded.insert(r.account_id, r.day);
+            }
+            let prev = first - Duration::days(1);
+            for &i in chunk {
+                let s = &mut sweeps[i];
+                let a = s.ctx.account_id;
+                if last_loaded.get(&a) == Some(&prev) {
+                    // The state at the end of `prev`, with the bounds the sweep used that day.
+                    s.bounds = Some(s.ctx.bounds(day_start(first) - Duration::seconds(1)));
+                } else {
+                    s.d = Dynamic::default();
+                    s.spends.clear();
+                    s.bounds = None;
+                    let first_entry: Option<chrono::NaiveDateTime> = match firsts.get(&a) {
+                        Some(t) => Some(*t),
+                        None => journal::table
+                            .filter(journal::account_id.eq(a))
+                            .select(diesel::dsl::min(journal::effective_at))
+                            .first(conn)?,
+                    };
+                    s.day = first_entry
+                        .map(|t| t.date())
+                        .unwrap_or(first)
+                        .min(s.ctx.active.start.date_naive())
+                        .min(first);
+                    // Everything from the new first day is written again.
+                    s.rewrite_from = Some(s.day);
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Snapshots of one account in `[from, to]`, oldest first.

@@ -37,6 +37,9 @@ use crate::domain::UsdMicros;
 /// Longest grant number.
 pub const NUMBER_LEN_MAX: usize = 64;
 
+/// Accounts per `IN (…)` list: both backends bound the parameters of one statement.
+const ACCOUNTS_PER_QUERY: usize = 500;
+
 /// The advisory lock key of grant transitions on PostgreSQL.
 const GRANTS_LOCK: i64 = 0x6173_6262_0006;
 
@@ -692,19 +695,23 @@ pub fn unlink(
                     r.period == p.number && r.account_id == account_id && r.closed_at.is_none()
                 })
                 .collect();
-            for r in rows {
-                close_account_period(
-                    conn,
-                    ctx,
-                    &g,
-                    &p,
-                    &r,
-                    ctx.effective_at,
-                    true,
-                    &link,
-                    &mut report,
-                )?;
-            }
+            let closing: Vec<Closing<'_>> = rows
+                .iter()
+                .map(|r| Closing {
+                    row: r,
+                    link: &link,
+                })
+                .collect();
+            close_account_periods(
+                conn,
+                ctx,
+                &g,
+                &p,
+                &closing,
+                ctx.effective_at,
+                true,
+                &mut report,
+            )?;
         }
         diesel::update(
             grant_links::table
@@ -755,6 +762,18 @@ pub struct ProcessReport {
     pub grants: u64,
 }
 
+/// `SUM` of a `BIGINT` column as a `BIGINT` on both backends (PostgreSQL sums `BIGINT` into
+/// `NUMERIC`), zero over no rows. Exact: integers all the way.
+macro_rules! sum_bigint {
+    ($col:literal) => {
+        diesel::dsl::sql::<diesel::sql_types::BigInt>(concat!(
+            "CAST(COALESCE(SUM(",
+            $col,
+            "), 0) AS BIGINT)"
+        ))
+    };
+}
+
 /// Net charges of an account with effective time in `[a, b)`.
 pub fn spent_between(
     conn: &mut DbConn,
@@ -762,19 +781,37 @@ pub fn spent_between(
     a: DateTime<Utc>,
     b: DateTime<Utc>,
 ) -> Result<UsdMicros, LedgerError> {
+    Ok(spent_by_account(conn, &[account_id], a, b)?
+        .get(&account_id)
+        .copied()
+        .unwrap_or(UsdMicros::ZERO))
+}
+
+/// Net charges of each account with effective time in `[a, b)`, summed by the database.
+pub fn spent_by_account(
+    conn: &mut DbConn,
+    account_ids: &[i64],
+    a: DateTime<Utc>,
+    b: DateTime<Utc>,
+) -> Result<HashMap<i64, UsdMicros>, LedgerError> {
+    let mut out = HashMap::new();
     if b <= a {
-        return Ok(UsdMicros::ZERO);
+        return Ok(out);
     }
-    // SUM's result type differs by backend (NUMERIC on PostgreSQL); summing the rows here
-    // keeps both exact and identical.
-    let rows: Vec<i64> = journal::table
-        .filter(journal::account_id.eq(account_id))
-        .filter(journal::effective_at.ge(to_naive(a)))
-        .filter(journal::effective_at.lt(to_naive(b)))
-        .filter(journal::charged_delta_micros.ne(0))
-        .select(journal::charged_delta_micros)
-        .load(conn)?;
-    Ok(UsdMicros::from_stored(rows.iter().sum()))
+    for chunk in account_ids.chunks(ACCOUNTS_PER_QUERY) {
+        let rows: Vec<(i64, i64)> = journal::table
+            .filter(journal::account_id.eq_any(chunk))
+            .filter(journal::effective_at.ge(to_naive(a)))
+            .filter(journal::effective_at.lt(to_naive(b)))
+            .group_by(journal::account_id)
+            .select((journal::account_id, sum_bigint!("charged_delta_micros")))
+            .load(conn)?;
+        out.extend(
+            rows.into_iter()
+                .map(|(id, s)| (id, UsdMicros::from_stored(s))),
+        );
+    }
+    Ok(out)
 }
 
 /// An account's balances from the entries effective before `t`.
@@ -783,132 +820,203 @@ pub fn balances_before(
     account_id: i64,
     t: DateTime<Utc>,
 ) -> Result<Balances, LedgerError> {
-    let rows: Vec<(i64, i64, i64)> = journal::table
-        .filter(journal::account_id.eq(account_id))
-        .filter(journal::effective_at.lt(to_naive(t)))
-        .select((
-            journal::credited_delta_micros,
-            journal::charged_delta_micros,
-            journal::held_delta_micros,
-        ))
-        .load(conn)?;
-    let (c, ch, h) = rows.iter().fold((0i64, 0i64, 0i64), |(a, b, c), r| {
-        (a + r.0, b + r.1, c + r.2)
-    });
-    Ok(Balances {
-        credited: UsdMicros::from_stored(c),
-        charged: UsdMicros::from_stored(ch),
-        held: UsdMicros::from_stored(h),
-    })
+    Ok(balances_by_account(conn, &[account_id], t)?
+        .remove(&account_id)
+        .unwrap_or(Balances {
+            credited: UsdMicros::ZERO,
+            charged: UsdMicros::ZERO,
+            held: UsdMicros::ZERO,
+        }))
 }
 
+/// Each account's balances from the entries effective before `t`, summed by the database.
+pub fn balances_by_account(
+    conn: &mut DbConn,
+    account_ids: &[i64],
+    t: DateTime<Utc>,
+) -> Result<HashMap<i64, Balances>, LedgerError> {
+    let mut out = HashMap::new();
+    for chunk in account_ids.chunks(ACCOUNTS_PER_QUERY) {
+        let rows: Vec<(i64, i64, i64, i64)> = journal::table
+            .filter(journal::account_id.eq_any(chunk))
+            .filter(journal::effective_at.lt(to_naive(t)))
+            .group_by(journal::account_id)
+            .select((
+                journal::account_id,
+                sum_bigint!("credited_delta_micros"),
+                sum_bigint!("charged_delta_micros"),
+                sum_bigint!("held_delta_micros"),
+            ))
+            .load(conn)?;
+        out.extend(rows.into_iter().map(|(id, c, ch, h)| {
+            (
+                id,
+                Balances {
+                    credited: UsdMicros::from_stored(c),
+                    charged: UsdMicros::from_stored(ch),
+                    held: UsdMicros::from_stored(h),
+                },
+            )
+        }));
+    }
+    Ok(out)
+}
+
+/// The period rows of the accounts closing together, and what each ended with.
+struct Closing<'a> {
+    row: &'a PeriodAccountRow,
+    link: &'a LinkRecord,
+}
+
+/// Closes one period for the given accounts at `at`: each account's unspent money (credit +
+/// carried in − net charges since the period, or its link, started) is carried by the policy
+/// and the rest taken back. The figures of all the accounts are read in two grouped queries.
+/// Returns (account, spent, carried, expired) per account.
 #[allow(clippy::too_many_arguments)]
-fn close_account_period(
+fn close_account_periods(
     conn: &mut DbConn,
     ctx: &OpContext,
     g: &GrantRecord,
     p: &PeriodRow,
-    r: &PeriodAccountRow,
+    closing: &[Closing<'_>],
     at: DateTime<Utc>,
     last: bool,
-    link: &LinkRecord,
     report: &mut ProcessReport,
-) -> Result<(UsdMicros, UsdMicros, UsdMicros), LedgerError> {
-    let name: String = accounts::table
-        .find(r.account_id)
-        .select(accounts::name)
-        .get_result(conn)?;
-    let from = p.start().max(link.linked_at);
-    let spent = spent_between(conn, r.account_id, from, at)?;
-    let b = balances_before(conn, r.account_id, at)?;
-    let available = b.available(UsdMicros::ZERO)?;
-    let c = close_period(
-        UsdMicros::from_stored(r.credited_micros),
-        UsdMicros::from_stored(r.carry_in_micros),
-        spent,
-        available,
-        g.carry_over,
-        last,
-    )?;
-    let mut entry_id = None;
-    let mut note = String::new();
-    if !c.expired.is_zero() {
-        let key = format!("grant:{}:p{}:expire:{name}", g.id, p.number);
-        let reason = format!(
-            "grant {} period {} ended: ${} unspent, ${} carried over, ${} expires",
-            g.number, p.number, c.left, c.carried, c.expired
-        );
-        let op_ctx = OpContext {
-            actor: ctx.actor.clone(),
-            effective_at: at,
-            recorded_at: ctx.recorded_at,
-        };
-        match ledger::adjust(
-            conn,
-            &op_ctx,
-            &MoneyOp {
-                account: &name,
-                amount: c.expired.checked_neg()?,
-                reason: &reason,
-                key: &key,
-                job_id: None,
-                partition: None,
-            },
-        ) {
-            Ok(posted) => entry_id = Some(posted.entry.id),
-            Err(LedgerError::AccountState { .. }) => {
-                note = "account closed: nothing taken back".into();
-            }
-            Err(e) => return Err(e),
-        }
+) -> Result<Vec<(i64, UsdMicros, UsdMicros, UsdMicros)>, LedgerError> {
+    let ids: Vec<i64> = closing.iter().map(|c| c.row.account_id).collect();
+    let balances = balances_by_account(conn, &ids, at)?;
+    // Spending counts from the period's start, or from a later link.
+    let mut by_from: HashMap<DateTime<Utc>, Vec<i64>> = HashMap::new();
+    for c in closing {
+        by_from
+            .entry(p.start().max(c.link.linked_at))
+            .or_default()
+            .push(c.row.account_id);
     }
-    let expired = if entry_id.is_some() {
-        c.expired
-    } else {
-        UsdMicros::ZERO
-    };
-    let carried = c.left.checked_sub(expired)?;
-    diesel::update(grant_period_accounts::table.find((r.grant_id, r.period, r.account_id)))
-        .set((
-            grant_period_accounts::spent_micros.eq(Some(spent.micros())),
-            grant_period_accounts::carried_micros.eq(Some(carried.micros())),
-            grant_period_accounts::expired_micros.eq(Some(expired.micros())),
-            grant_period_accounts::expiry_entry_id.eq(entry_id),
-            grant_period_accounts::closed_at.eq(Some(to_naive(at))),
-            grant_period_accounts::note.eq(if note.is_empty() {
-                r.note.clone()
-            } else {
-                note.clone()
-            }),
-        ))
-        .execute(conn)?;
-    report.transitions.push(Transition {
-        grant: g.number.clone(),
-        period: p.number,
-        account: name.clone(),
-        action: "expire",
-        amount: expired,
-        effective_at: at,
-        entry_id,
-        note: note.clone(),
-    });
-    if !carried.is_zero() {
+    let mut spent_of: HashMap<i64, UsdMicros> = HashMap::new();
+    for (from, ids) in by_from {
+        spent_of.extend(spent_by_account(conn, &ids, from, at)?);
+    }
+    let mut out = Vec::with_capacity(closing.len());
+    for c in closing {
+        let r = c.row;
+        let name = &c.link.account;
+        let spent = spent_of
+            .get(&r.account_id)
+            .copied()
+            .unwrap_or(UsdMicros::ZERO);
+        let available = match balances.get(&r.account_id) {
+            Some(b) => b.available(UsdMicros::ZERO)?,
+            None => UsdMicros::ZERO,
+        };
+        let cl = close_period(
+            UsdMicros::from_stored(r.credited_micros),
+            UsdMicros::from_stored(r.carry_in_micros),
+            spent,
+            available,
+            g.carry_over,
+            last,
+        )?;
+        let mut entry_id = None;
+        let mut note = String::new();
+        if !cl.expired.is_zero() {
+            let key = format!("grant:{}:p{}:expire:{name}", g.id, p.number);
+            let reason = format!(
+                "grant {} period {} ended: ${} unspent, ${} carried over, ${} expires",
+                g.number, p.number, cl.left, cl.carried, cl.expired
+            );
+            let op_ctx = OpContext {
+                actor: ctx.actor.clone(),
+                effective_at: at,
+                recorded_at: ctx.recorded_at,
+            };
+            match ledger::adjust(
+                conn,
+                &op_ctx,
+                &MoneyOp {
+                    account: name,
+                    amount: cl.expired.checked_neg()?,
+                    reason: &reason,
+                    key: &key,
+                    job_id: None,
+                    partition: None,
+                },
+            ) {
+                Ok(posted) => entry_id = Some(posted.entry.id),
+                Err(LedgerError::AccountState { .. }) => {
+                    note = "account closed: nothing taken back".into();
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let expired = if entry_id.is_some() {
+            cl.expired
+        } else {
+            UsdMicros::ZERO
+        };
+        let carried = cl.left.checked_sub(expired)?;
+        diesel::update(grant_period_accounts::table.find((r.grant_id, r.period, r.account_id)))
+            .set((
+                grant_period_accounts::spent_micros.eq(Some(spent.micros())),
+                grant_period_accounts::carried_micros.eq(Some(carried.micros())),
+                grant_period_accounts::expired_micros.eq(Some(expired.micros())),
+                grant_period_accounts::expiry_entry_id.eq(entry_id),
+                grant_period_accounts::closed_at.eq(Some(to_naive(at))),
+                grant_period_accounts::note.eq(if note.is_empty() {
+                    r.note.clone()
+                } else {
+                    note.clone()
+                }),
+            ))
+            .execute(conn)?;
         report.transitions.push(Transition {
             grant: g.number.clone(),
             period: p.number,
-            account: name,
-            action: "carry",
-            amount: carried,
+            account: name.clone(),
+            action: "expire",
+            amount: expired,
             effective_at: at,
-            entry_id: None,
-            note: String::new(),
+            entry_id,
+            note: note.clone(),
         });
+        if !carried.is_zero() {
+            report.transitions.push(Transition {
+                grant: g.number.clone(),
+                period: p.number,
+                account: name.clone(),
+                action: "carry",
+                amount: carried,
+                effective_at: at,
+                entry_id: None,
+                note: String::new(),
+            });
+        }
+        out.push((r.account_id, spent, carried, expired));
     }
-    Ok((spent, carried, expired))
+    Ok(out)
+}
+
+/// Marks the closed rows in `rows` (the in-memory copy of the grant's period rows).
+fn record_closed(
+    rows: &mut [PeriodAccountRow],
+    period: i64,
+    at: DateTime<Utc>,
+    closed: &[(i64, UsdMicros, UsdMicros, UsdMicros)],
+) {
+    for (a, spent, carried, expired) in closed {
+        if let Some(r) = rows
+            .iter_mut()
+            .find(|r| r.period == period && r.account_id == *a)
+        {
+            r.spent_micros = Some(spent.micros());
+            r.carried_micros = Some(carried.micros());
+            r.expired_micros = Some(expired.micros());
+            r.closed_at = Some(to_naive(at));
+        }
+    }
 }
 
 /// Books one grant's transitions up to `ctx.effective_at`.
-#[allow(clippy::needless_range_loop)]
 fn process_one(
     conn: &mut DbConn,
     ctx: &OpContext,
@@ -922,16 +1030,14 @@ fn process_one(
     }
     let t = ctx.effective_at;
     let all_links = links(conn, g.id)?;
-    let mut rows = period_rows(conn, g.id)?;
-    let n = rows.len();
+    let periods = period_rows(conn, g.id)?;
+    // Read once and kept in step with what is written below.
+    let mut accts = period_accounts(conn, g.id)?;
+    let n = periods.len();
     let mut carried_by_account: HashMap<i64, i64> = HashMap::new();
-    for idx in 0..n {
-        let p = rows[idx].clone();
+    for (idx, p) in periods.iter().enumerate() {
         if p.status == "closed" || p.status == "cancelled" {
-            for r in period_accounts(conn, g.id)?
-                .iter()
-                .filter(|r| r.period == p.number)
-            {
+            for r in accts.iter().filter(|r| r.period == p.number) {
                 carried_by_account.insert(r.account_id, r.carried_micros.unwrap_or(0));
             }
             continue;
@@ -940,16 +1046,15 @@ fn process_one(
             break;
         }
         // Activation: every link that overlaps the period and exists by now gets its share.
-        let booked: Vec<PeriodAccountRow> = period_accounts(conn, g.id)?
-            .into_iter()
-            .filter(|r| r.period == p.number)
-            .collect();
         let mut credited_sum = p.credited_micros;
         let mut carry_sum = p.carry_in_micros;
         let mut activated_now = false;
         for l in &all_links {
             let overlaps = l.linked_at < p.end() && l.unlinked_at.is_none_or(|u| u > p.start());
-            if !overlaps || l.linked_at > t || booked.iter().any(|r| r.account_id == l.account_id) {
+            let booked = accts
+                .iter()
+                .any(|r| r.period == p.number && r.account_id == l.account_id);
+            if !overlaps || l.linked_at > t || booked {
                 continue;
             }
             let at = p.start().max(l.linked_at);
@@ -1010,18 +1115,34 @@ fn process_one(
             } else {
                 UsdMicros::ZERO
             };
+            let row = PeriodAccountRow {
+                grant_id: g.id,
+                period: p.number,
+                account_id: l.account_id,
+                credited_micros: credited.micros(),
+                credit_entry_id: entry_id,
+                carry_in_micros: carry_in,
+                activated_at: to_naive(at),
+                spent_micros: None,
+                carried_micros: None,
+                expired_micros: None,
+                expiry_entry_id: None,
+                closed_at: None,
+                note: note.clone(),
+            };
             diesel::insert_into(grant_period_accounts::table)
                 .values((
-                    grant_period_accounts::grant_id.eq(g.id),
-                    grant_period_accounts::period.eq(p.number),
-                    grant_period_accounts::account_id.eq(l.account_id),
-                    grant_period_accounts::credited_micros.eq(credited.micros()),
-                    grant_period_accounts::credit_entry_id.eq(entry_id),
-                    grant_period_accounts::carry_in_micros.eq(carry_in),
-                    grant_period_accounts::activated_at.eq(to_naive(at)),
-                    grant_period_accounts::note.eq(&note),
+                    grant_period_accounts::grant_id.eq(row.grant_id),
+                    grant_period_accounts::period.eq(row.period),
+                    grant_period_accounts::account_id.eq(row.account_id),
+                    grant_period_accounts::credited_micros.eq(row.credited_micros),
+                    grant_period_accounts::credit_entry_id.eq(row.credit_entry_id),
+                    grant_period_accounts::carry_in_micros.eq(row.carry_in_micros),
+                    grant_period_accounts::activated_at.eq(row.activated_at),
+                    grant_period_accounts::note.eq(&row.note),
                 ))
                 .execute(conn)?;
+            accts.push(row);
             credited_sum += credited.micros();
             carry_sum += carry_in;
             activated_now = true;
@@ -1055,12 +1176,8 @@ fn process_one(
             break;
         }
         let last = idx + 1 == n;
-        let open: Vec<PeriodAccountRow> = period_accounts(conn, g.id)?
-            .into_iter()
-            .filter(|r| r.period == p.number && r.closed_at.is_none())
-            .collect();
         let (mut spent_sum, mut carried_sum, mut expired_sum) = (0i64, 0i64, 0i64);
-        for r in period_accounts(conn, g.id)?
+        for r in accts
             .iter()
             .filter(|r| r.period == p.number && r.closed_at.is_some())
         {
@@ -1082,17 +1199,28 @@ fn process_one(
             });
             break;
         }
-        for r in &open {
-            let Some(link) = all_links.iter().find(|l| l.account_id == r.account_id) else {
-                continue;
-            };
-            let (spent, carried, expired) =
-                close_account_period(conn, ctx, g, &p, r, p.end(), last, link, report)?;
+        let open: Vec<PeriodAccountRow> = accts
+            .iter()
+            .filter(|r| r.period == p.number && r.closed_at.is_none())
+            .cloned()
+            .collect();
+        let closing: Vec<Closing<'_>> = open
+            .iter()
+            .filter_map(|r| {
+                all_links
+                    .iter()
+                    .find(|l| l.account_id == r.account_id)
+                    .map(|link| Closing { row: r, link })
+            })
+            .collect();
+        let closed = close_account_periods(conn, ctx, g, p, &closing, p.end(), last, report)?;
+        for (a, spent, carried, expired) in &closed {
             spent_sum += spent.micros();
             carried_sum += carried.micros();
             expired_sum += expired.micros();
-            carried_by_account.insert(r.account_id, carried.micros());
+            carried_by_account.insert(*a, carried.micros());
         }
+        record_closed(&mut accts, p.number, p.end(), &closed);
         diesel::update(grant_periods::table.find((g.id, p.number)))
             .set((
                 grant_periods::status.eq("closed"),
@@ -1103,7 +1231,6 @@ fn process_one(
             ))
             .execute(conn)?;
         report.closed.push((g.number.clone(), p.number));
-        rows[idx].status = "closed".into();
     }
     Ok(())
 }
@@ -1171,6 +1298,9 @@ pub struct GrantUpdate {
     pub carry_over: Option<CarryOver>,
     /// A pending period's budget (`--period N --budget X`); the award becomes the sum.
     pub period_budget: Option<(i64, UsdMicros)>,
+    /// A later end (exclusive): a no-cost extension. The last budget period is lengthened to
+    /// it, with the same budget; earlier periods are not touched.
+    pub end: Option<DateTime<Utc>>,
     /// Why.
     pub reason: String,
 }
@@ -1279,6 +1409,17 @@ pub fn update(
                 .set(grants::amount_micros.eq(amount))
                 .execute(conn)?;
         }
+        if let Some(end) = u.end {
+            if end != g.end {
+                let last = extend(conn, &g, end)?;
+                changes.push(("end", end_day(g.end), end_day(end)));
+                changes.push((
+                    "period_end",
+                    format!("{}:{}", last.number, end_day(last.end())),
+                    format!("{}:{}", last.number, end_day(end)),
+                ));
+            }
+        }
         for (field, old, new) in &changes {
             diesel::insert_into(grant_changes::table)
                 .values((
@@ -1299,6 +1440,57 @@ pub fn update(
         }
         load_by_id(conn, g.id)
     })
+}
+
+/// The last day of a span ending (exclusive) at `end`, as written in the change log.
+fn end_day(end: DateTime<Utc>) -> String {
+    (end - chrono::Duration::seconds(1))
+        .format("%Y-%m-%d")
+        .to_string()
+}
+
+/// Moves a grant's end later (a no-cost extension: more time, no more money). The last budget
+/// period is lengthened to the new end with its budget unchanged, so the money it gives (and
+/// what is carried into it) stays spendable until then; splitting the added time into new
+/// periods would instead make unspent money expire early under a `none` or capped carry-over
+/// policy. Earlier periods are not touched. Refused when the end would move earlier (that is
+/// `grant close`) or when the last period has already closed (its money was carried or expired
+/// by journal entries that an extension cannot undo). Returns the last period as it was.
+fn extend(
+    conn: &mut DbConn,
+    g: &GrantRecord,
+    end: DateTime<Utc>,
+) -> Result<PeriodRow, LedgerError> {
+    if end < g.end {
+        return Err(LedgerError::invalid(
+            "--end",
+            format!(
+                "{} is before the grant's end ({}); --end only extends a grant (to end it early, use `asbb grant close {}`)",
+                end_day(end),
+                end_day(g.end),
+                g.number
+            ),
+        ));
+    }
+    let last = period_rows(conn, g.id)?.pop().ok_or_else(|| {
+        LedgerError::invalid("GRANT", format!("grant '{}' has no periods", g.number))
+    })?;
+    if last.status == "closed" || last.status == "cancelled" {
+        return Err(LedgerError::invalid(
+            "--end",
+            format!(
+                "the last budget period ({}) of grant '{}' is {}: its unspent money was already carried or taken back; extend a grant before its last period ends",
+                last.number, g.number, last.status
+            ),
+        ));
+    }
+    diesel::update(grant_periods::table.find((g.id, last.number)))
+        .set(grant_periods::ends_at.eq(to_naive(end)))
+        .execute(conn)?;
+    diesel::update(grants::table.find(g.id))
+        .set(grants::ends_at.eq(to_naive(end)))
+        .execute(conn)?;
+    Ok(last)
 }
 
 /// A recorded change of a grant: field, old, new, actor, reason, when.
@@ -1367,24 +1559,21 @@ pub fn close(
                         c += r.carried_micros.unwrap_or(0);
                         e += r.expired_micros.unwrap_or(0);
                     }
-                    for r in &open {
-                        if let Some(link) = all_links.iter().find(|l| l.account_id == r.account_id)
-                        {
-                            let (sp, ca, ex) = close_account_period(
-                                conn,
-                                ctx,
-                                &g,
-                                &p,
-                                r,
-                                at,
-                                true,
-                                link,
-                                &mut report,
-                            )?;
-                            s += sp.micros();
-                            c += ca.micros();
-                            e += ex.micros();
-                        }
+                    let closing: Vec<Closing<'_>> = open
+                        .iter()
+                        .filter_map(|r| {
+                            all_links
+                                .iter()
+                                .find(|l| l.account_id == r.account_id)
+                                .map(|link| Closing { row: r, link })
+                        })
+                        .collect();
+                    for (_, sp, ca, ex) in
+                        close_account_periods(conn, ctx, &g, &p, &closing, at, true, &mut report)?
+                    {
+                        s += sp.micros();
+                        c += ca.micros();
+                        e += ex.micros();
                     }
                     diesel::update(grant_periods::table.find((g.id, p.number)))
                         .set((

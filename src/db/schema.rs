@@ -377,6 +377,7 @@ diesel::table! {
     burn_cursors (account_id) {
         account_id -> BigInt,
         last_day -> Date,
+        seq_seen -> BigInt,
     }
 }
 

@@ -24,9 +24,11 @@
 //!   the horizon, or when nothing was expected and nothing spent.
 //! - **Burn status**: OVERSPENDING above +`on_track_percent` (20), UNDERSPENDING below −20,
 //!   else ON_TRACK. Spending with nothing expected is OVERSPENDING.
-//! - **Health score** = 100 − overspend % − half the underspend % − 33⅓ × the share of the
-//!   rest of the budget period that the money is projected not to last (0 when it lasts);
-//!   clamped to 0…100 and rounded half away from zero. Bands: HEALTHY ≥ 80, CONCERN ≥ 60,
+//! - **Health score** = 100 − overspend % − half the underspend % × the grace weight − 33⅓ ×
+//!   the share of the rest of the budget period that the money is projected not to last (0
+//!   when it lasts); clamped to 0…100 and rounded half away from zero. The grace weight is the
+//!   days since the budget period started ÷ `underspend_grace_days` (90), at most 1: a fresh
+//!   period's money is not alarming for being unspent yet. Bands: HEALTHY ≥ 80, CONCERN ≥ 60,
 //!   WARNING ≥ 40, else CRITICAL.
 //! - **Projection** at the daily rate: the **depletion date** is when the money left (credited −
 //!   charged − held, plus money still to come: future allocations or grant periods, each on its
@@ -162,6 +164,9 @@ pub struct BurnThresholds {
     pub min_active_days: Decimal,
     /// Depletion within this many days (before the period ends) is CRITICAL risk.
     pub critical_days: i64,
+    /// For this many days from the start of the budget period, underspending lowers the
+    /// health score only in proportion to the days passed (0: in full from the start).
+    pub underspend_grace_days: i64,
 }
 
 impl Default for BurnThresholds {
@@ -170,6 +175,7 @@ impl Default for BurnThresholds {
             on_track_percent: Decimal::from(20),
             min_active_days: Decimal::from(7),
             critical_days: 14,
+            underspend_grace_days: 90,
         }
     }
 }
@@ -386,6 +392,17 @@ fn secs(s: Decimal) -> Duration {
     Duration::seconds(s)
 }
 
+/// How much underspending counts towards the health score: a new budget period's money takes
+/// time to start being spent, so during the first `underspend_grace_days` of the period the
+/// weight grows from 0 to 1 with the days passed; after that (and with no grace) it is 1.
+pub fn underspend_weight(i: &BurnInputs, th: &BurnThresholds) -> Decimal {
+    if th.underspend_grace_days <= 0 {
+        return Decimal::ONE;
+    }
+    let passed = days((i.as_of - i.period.start).max(Duration::zero()));
+    (passed / Decimal::from(th.underspend_grace_days)).min(Decimal::ONE)
+}
+
 /// Analyses spending as of `inputs.as_of`.
 pub fn analyse(i: &BurnInputs, th: &BurnThresholds) -> BurnFigures {
     let t = i.as_of;
@@ -464,7 +481,7 @@ pub fn analyse(i: &BurnInputs, th: &BurnThresholds) -> BurnFigures {
         _ => Decimal::ZERO,
     };
     let over = v.max(Decimal::ZERO);
-    let under = (-v).max(Decimal::ZERO);
+    let under = (-v).max(Decimal::ZERO) * underspend_weight(i, th);
     let mut h = Decimal::ONE_HUNDRED - over - under / Decimal::TWO;
     if let (true, Some(d)) = (runs_out_in_period, depletion) {
         // Up to a third of the score: the share of the rest of the period without money.
@@ -700,6 +717,42 @@ mod tests {
         let f = analyse(&i, &BurnThresholds::default());
         assert_eq!(f.variance_percent, None);
         assert_eq!(f.status, BurnStatus::OnTrack);
+    }
+
+    #[test]
+    fn early_underspending_is_not_alarming() {
+        // Nothing spent in the first 30 days of the year: -100 %, UNDERSPENDING, but only a
+        // third of the period's grace has passed: 100 - 100/2 x 30/90 = 83.33 -> 83, HEALTHY.
+        let mut i = example();
+        i.as_of = day(2026, 1, 31);
+        i.charged = UsdMicros::ZERO;
+        i.window_spent = UsdMicros::ZERO;
+        i.spent_7d = UsdMicros::ZERO;
+        i.spent_30d = UsdMicros::ZERO;
+        i.period_spent = UsdMicros::ZERO;
+        i.horizon_spent = UsdMicros::ZERO;
+        let th = BurnThresholds::default();
+        let f = analyse(&i, &th);
+        assert_eq!(f.variance_percent, Some(Decimal::from(-100)));
+        assert_eq!(f.status, BurnStatus::Underspending);
+        assert_eq!((f.health, f.band), (83, HealthBand::Healthy));
+        // 60 days: 100 - 50 x 60/90 = 66.67 -> 67 (CONCERN, above the alert's 60).
+        i.as_of = day(2026, 3, 2);
+        assert_eq!(analyse(&i, &th).health, 67);
+        // From 90 days on, in full: 50, WARNING.
+        i.as_of = day(2026, 4, 1);
+        assert_eq!(analyse(&i, &th).health, 50);
+        // Without a grace, in full at once.
+        i.as_of = day(2026, 1, 31);
+        let none = BurnThresholds {
+            underspend_grace_days: 0,
+            ..th
+        };
+        assert_eq!(analyse(&i, &none).health, 50);
+        // Overspending is never graced.
+        i.window_spent = usd("7500");
+        assert_eq!(analyse(&i, &th).variance_percent, Some(Decimal::from(100)));
+        assert_eq!(analyse(&i, &th).health, 0);
     }
 
     #[test]

@@ -1,0 +1,1 @@
+ALTER TABLE burn_cursors DROP COLUMN seq_seen;
