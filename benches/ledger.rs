@@ -521,28 +521,61 @@ fn create_accounts(conn: &mut DbConn, n: usize) -> Result<Vec<String>> {
     Ok(names)
 }
 
+/// A random job's hold: its account, job number, estimate and key.
+struct JobHold {
+    account: String,
+    partition: &'static str,
+    user: &'static str,
+    job_id: String,
+    estimate: UsdMicros,
+    key: String,
+    ctx: OpContext,
+}
+
+impl JobHold {
+    fn new(accounts: &[String], rng: &mut Rng) -> Result<JobHold> {
+        let job = NEXT_JOB.fetch_add(1, Ordering::Relaxed);
+        Ok(JobHold {
+            account: accounts[rng.below(accounts.len())].clone(),
+            partition: PARTITIONS[rng.below(PARTITIONS.len())],
+            user: USERS[rng.below(USERS.len())],
+            job_id: job.to_string(),
+            estimate: UsdMicros::from_micros(1_000_000 + rng.below(49_000_000) as i64)?,
+            key: format!("bench-{job}-hold"),
+            ctx: next_ctx(),
+        })
+    }
+
+    fn request(&self) -> HoldRequest<'_> {
+        HoldRequest {
+            account: &self.account,
+            partition: Some(self.partition),
+            estimate: self.estimate,
+            buffer: Decimal::new(12, 1),
+            cluster: Some("aws-burst"),
+            job_id: Some(&self.job_id),
+            user_name: Some(self.user),
+            expires_at: Some(self.ctx.effective_at + TimeDelta::days(7)),
+            tasks: None,
+            key: &self.key,
+        }
+    }
+
+    /// 30-100 % of the estimate: always below the hold (estimate x 1.2), so a remainder is
+    /// released and every cycle writes exactly three entries.
+    fn actual(estimate: UsdMicros, rng: &mut Rng) -> Result<UsdMicros> {
+        Ok(UsdMicros::from_micros(
+            estimate.micros() / 100 * (30 + rng.below(71) as i64),
+        )?)
+    }
+}
+
 /// One job's life: a hold at submission, then the actual cost charged against it, which
 /// releases the remainder. Two transactions, three journal entries.
 fn cycle(conn: &mut DbConn, accounts: &[String], rng: &mut Rng) -> Result<()> {
-    let account = &accounts[rng.below(accounts.len())];
-    let job = NEXT_JOB.fetch_add(1, Ordering::Relaxed);
-    let job_id = job.to_string();
-    let estimate = UsdMicros::from_micros(1_000_000 + rng.below(49_000_000) as i64)?;
-    let hold_key = format!("bench-{job}-hold");
-    let ctx = next_ctx();
-    let req = HoldRequest {
-        account,
-        partition: Some(PARTITIONS[rng.below(PARTITIONS.len())]),
-        estimate,
-        buffer: Decimal::new(12, 1),
-        cluster: Some("aws-burst"),
-        job_id: Some(&job_id),
-        user_name: Some(USERS[rng.below(USERS.len())]),
-        expires_at: Some(ctx.effective_at + TimeDelta::days(7)),
-        tasks: None,
-        key: &hold_key,
-    };
-    let hold = match ledger::place_hold(conn, &ctx, &req)
+    let j = JobHold::new(accounts, rng)?;
+    let (account, hold_key, estimate) = (&j.account, &j.key, j.estimate);
+    let hold = match ledger::place_hold(conn, &j.ctx, &j.request())
         .with_context(|| format!("place_hold on {account}"))?
     {
         HoldOutcome::Placed {
@@ -555,10 +588,8 @@ fn cycle(conn: &mut DbConn, accounts: &[String], rng: &mut Rng) -> Result<()> {
         }
         HoldOutcome::Denied(d) => bail!("hold on {account} denied: {}", d.message),
     };
-    // 30-100 % of the estimate: always below the hold (estimate x 1.2), so a remainder is
-    // released and every cycle writes exactly three entries.
-    let actual = UsdMicros::from_micros(estimate.micros() / 100 * (30 + rng.below(71) as i64))?;
-    let charge_key = format!("bench-{job}-charge");
+    let actual = JobHold::actual(estimate, rng)?;
+    let charge_key = format!("bench-{}-charge", j.job_id);
     let out = ledger::charge_hold(
         conn,
         &next_ctx(),
@@ -736,36 +767,17 @@ fn production_round(
         let mut placed: Vec<(i64, UsdMicros, String)> = Vec::with_capacity(this);
         asbb::db::write_transaction(conn, |c| -> Result<()> {
             for _ in 0..this {
-                let account = &accounts[rng.below(accounts.len())];
-                let job = NEXT_JOB.fetch_add(1, Ordering::Relaxed);
-                let job_id = job.to_string();
-                let estimate = UsdMicros::from_micros(1_000_000 + rng.below(49_000_000) as i64)?;
-                let hold_key = format!("bench-{job}-hold");
-                let ctx = next_ctx();
-                let req = HoldRequest {
-                    account,
-                    partition: Some(PARTITIONS[rng.below(PARTITIONS.len())]),
-                    estimate,
-                    buffer: Decimal::new(12, 1),
-                    cluster: Some("aws-burst"),
-                    job_id: Some(&job_id),
-                    user_name: Some(USERS[rng.below(USERS.len())]),
-                    expires_at: Some(ctx.effective_at + TimeDelta::days(7)),
-                    tasks: None,
-                    key: &hold_key,
-                };
-                match ledger::place_hold(c, &ctx, &req)? {
+                let j = JobHold::new(accounts, rng)?;
+                match ledger::place_hold(c, &j.ctx, &j.request())? {
                     HoldOutcome::Placed {
                         hold,
                         replayed: false,
                         ..
                     } => {
-                        let actual = UsdMicros::from_micros(
-                            estimate.micros() / 100 * (30 + rng.below(71) as i64),
-                        )?;
-                        placed.push((hold.id, actual, format!("bench-{job}-charge")));
+                        let actual = JobHold::actual(j.estimate, rng)?;
+                        placed.push((hold.id, actual, format!("bench-{}-charge", j.job_id)));
                     }
-                    other => bail!("hold {hold_key} was not placed: {other:?}"),
+                    other => bail!("hold {} was not placed: {other:?}", j.key),
                 }
             }
             Ok(())

@@ -390,9 +390,7 @@ pub fn write_transaction<T, E>(
 where
     E: From<diesel::result::Error>,
 {
-    let depth = <DbConn as Connection>::TransactionManager::transaction_manager_status_mut(conn)
-        .transaction_depth()?;
-    if depth.is_some() {
+    if in_transaction(conn)? {
         return conn.transaction(f);
     }
     match conn {
@@ -429,12 +427,19 @@ pub fn joined_write_transaction<T, E>(
 where
     E: From<diesel::result::Error>,
 {
-    let depth = <DbConn as Connection>::TransactionManager::transaction_manager_status_mut(conn)
-        .transaction_depth()?;
-    if depth.is_some() {
+    if in_transaction(conn)? {
         return f(conn);
     }
     write_transaction(conn, f)
+}
+
+/// Whether a transaction is open on the connection.
+fn in_transaction(conn: &mut DbConn) -> diesel::QueryResult<bool> {
+    Ok(
+        <DbConn as Connection>::TransactionManager::transaction_manager_status_mut(conn)
+            .transaction_depth()?
+            .is_some(),
+    )
 }
 
 /// Batch jobs that must not run two at a time against one ledger.
