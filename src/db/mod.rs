@@ -249,8 +249,12 @@ pub fn connect(url: &DbUrl, opts: &ConnectOptions, create: Create) -> Result<DbC
                 SqliteSync::Full => "FULL",
                 SqliteSync::Normal => "NORMAL",
             };
+            // A 32 MiB page cache; temporary B-trees (sorts, savepoint journals) in memory; the
+            // WAL checkpointed into the database every 10,000 pages (40 MiB) rather than the
+            // default 1,000: the same hot pages (balances, index tails) are written back once
+            // per checkpoint, and a batch job pays a tenth of the checkpoints.
             c.batch_execute(&format!(
-                "PRAGMA busy_timeout = {}; PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync}; PRAGMA foreign_keys = ON; PRAGMA cache_size = -32768; PRAGMA temp_store = MEMORY;",
+                "PRAGMA busy_timeout = {}; PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync}; PRAGMA foreign_keys = ON; PRAGMA cache_size = -32768; PRAGMA temp_store = MEMORY; PRAGMA wal_autocheckpoint = 10000;",
                 opts.busy_timeout.as_millis()
             ))?;
             Ok(DbConn::Sqlite(c))
