@@ -309,19 +309,24 @@ impl BatchHolds {
         }
         candidates.retain(|id| !open.contains_key(id));
         if !candidates.is_empty() {
-            let more: Vec<(i64, i64, Option<i64>, i64)> = holds::table
+            // By id alone, the state checked here: with `state = 'open'` beside `id IN (…)`,
+            // SQLite's planner (no statistics on a fresh database) walked the state index,
+            // every open hold, for each batch.
+            let more: Vec<(i64, String, i64, Option<i64>, i64)> = holds::table
                 .filter(holds::id.eq_any(&candidates))
-                .filter(holds::state.eq(HoldState::Open.as_str()))
                 .select((
                     holds::id,
+                    holds::state,
                     holds::estimate_micros,
                     holds::tasks,
                     holds::tasks_charged,
                 ))
                 .load(conn)?;
-            for (id, estimate, tasks, charged) in more {
-                open.insert(id, (estimate, tasks));
-                tasks_charged.insert(id, charged);
+            for (id, state, estimate, tasks, charged) in more {
+                if state == HoldState::Open.as_str() {
+                    open.insert(id, (estimate, tasks));
+                    tasks_charged.insert(id, charged);
+                }
             }
         }
         Ok(BatchHolds {

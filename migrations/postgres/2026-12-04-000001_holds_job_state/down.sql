@@ -1,0 +1,2 @@
+DROP INDEX holds_job_state;
+CREATE INDEX holds_job ON holds (job_id);
