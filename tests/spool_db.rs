@@ -412,6 +412,50 @@ db_test!(costs_for_unknown_or_hidden_accounts_wait_visibly, |db| {
     assert_clean(&mut conn);
 });
 
+db_test!(
+    waiting_and_pending_runs_are_taken_in_id_order_batch_by_batch,
+    |db| {
+        // Runs 1, 3 and 5 wait for an unknown account; once it exists they are charged together
+        // with the pending runs 7 to 10, batches of two taken in id order across both states.
+        let mut conn = db.conn();
+        create(&mut conn, "physics", "100");
+        let s = Spool::new();
+        for job in 1..=6 {
+            let account = if job % 2 == 1 { "newlab" } else { "physics" };
+            s.cost(
+                &format!("job_{job}_cost.json"),
+                &format!(r#"{{"job_id":"{job}","account":"{account}","actual_cost":{job}}}"#),
+            );
+        }
+        s.scan(&mut conn, NOW_GRACE);
+        let rep = reconcile_at(&mut conn, t(2, 0));
+        assert_eq!((rep.unmatched, rep.waiting), (3, 3));
+        create(&mut conn, "newlab", "100");
+        for job in 7..=10 {
+            s.cost(
+                &format!("job_{job}_cost.json"),
+                &format!(r#"{{"job_id":"{job}","account":"newlab","actual_cost":{job}}}"#),
+            );
+        }
+        s.scan(&mut conn, NOW_GRACE);
+        let policy = ReconcilePolicy {
+            batch_size: 2,
+            ..ReconcilePolicy::default()
+        };
+        let rep =
+            reconcile::reconcile(&mut conn, &ctx_at(t(2, 1)), &policy, None, &|| false).unwrap();
+        // Seven runs, two to a batch: 1+3, 5+7, 8+9, 10.
+        assert_eq!((rep.unmatched, rep.waiting, rep.batches), (7, 0, 4));
+        // 1 + 3 + 5 + 7 + 8 + 9 + 10.
+        assert_eq!(balances(&mut conn, "newlab").1, "43.00");
+        assert!(reconcile::pending(&mut conn).unwrap().is_empty());
+        let idle =
+            reconcile::reconcile(&mut conn, &ctx_at(t(2, 2)), &policy, None, &|| false).unwrap();
+        assert_eq!((idle.unmatched, idle.batches), (0, 0));
+        assert_clean(&mut conn);
+    }
+);
+
 db_test!(requeued_runs_are_charged_per_run, |db| {
     let mut conn = db.conn();
     create(&mut conn, "physics", "100");

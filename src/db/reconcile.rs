@@ -135,18 +135,7 @@ pub fn reconcile(
     let mut total = UsdMicros::ZERO;
     let mut after = 0i64;
     loop {
-        let mut q = cost_records::table
-            .filter(cost_records::status.ne("charged"))
-            .filter(cost_records::id.gt(after))
-            .into_boxed();
-        if let Some(b) = job_base {
-            q = q.filter(cost_records::job_base.eq(b));
-        }
-        let batch: Vec<CostRow> = q
-            .select(CostRow::as_select())
-            .order(cost_records::id)
-            .limit(policy.batch_size.max(1) as i64)
-            .load(conn)?;
+        let batch = next_batch(conn, after, job_base, policy.batch_size.max(1))?;
         let Some(last) = batch.last() else { break };
         after = last.id;
         let (done, together) = write_transaction(conn, |conn| {
@@ -211,6 +200,39 @@ pub fn reconcile(
     }
     report.charged_usd = total.to_string();
     Ok(report)
+}
+
+/// The next `n` runs not yet charged, by id, after `after`. Pending and waiting runs are read
+/// apart, each an ordered range of the `(status, id)` index, and merged: a filter on
+/// `status <> 'charged'` walks every run ever charged, so an idle reconcile would grow with
+/// the history instead of the backlog.
+fn next_batch(
+    conn: &mut DbConn,
+    after: i64,
+    job_base: Option<i64>,
+    n: usize,
+) -> Result<Vec<CostRow>, LedgerError> {
+    let mut rows = Vec::new();
+    for status in ["pending", "waiting"] {
+        let mut q = cost_records::table
+            .filter(cost_records::status.eq(status))
+            .filter(cost_records::id.gt(after))
+            .into_boxed();
+        if let Some(b) = job_base {
+            q = q.filter(cost_records::job_base.eq(b));
+        }
+        rows.extend(
+            q.select(CostRow::as_select())
+                .order(cost_records::id)
+                .limit(n as i64)
+                .load::<CostRow>(conn)?,
+        );
+    }
+    // Each list holds every run of its status up to its last id, so the `n` smallest of both
+    // are the next `n` of all.
+    rows.sort_by_key(|r| r.id);
+    rows.truncate(n);
+    Ok(rows)
 }
 
 fn is_db_failure(e: &LedgerError) -> bool {
