@@ -63,7 +63,7 @@
 #![allow(clippy::float_arithmetic)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -90,6 +90,10 @@ use diesel::sqlite::SqliteConnection;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+
+#[path = "support/mod.rs"]
+mod support;
+use support::{env_num, proc_status_kb};
 
 /// Who the benchmark's operations are recorded as.
 const ACTOR: &str = "asbb-bench";
@@ -122,17 +126,6 @@ fn t0() -> DateTime<Utc> {
 /// When the timers run: five minutes past midnight.
 fn timer(day: DateTime<Utc>) -> DateTime<Utc> {
     day + Duration::minutes(5)
-}
-
-fn env_num(name: &str, default: usize) -> Result<usize> {
-    match std::env::var(name) {
-        Ok(v) if !v.trim().is_empty() => v
-            .trim()
-            .replace('_', "")
-            .parse()
-            .with_context(|| format!("{name}={v} is not a number")),
-        _ => Ok(default),
-    }
 }
 
 #[derive(Debug, Clone)]
@@ -745,15 +738,6 @@ struct ChildOut {
     hwm_kb: u64,
 }
 
-fn proc_status_kb(field: &str) -> Result<u64> {
-    let status = std::fs::read_to_string("/proc/self/status")?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .ok_or_else(|| anyhow!("no {field} in /proc/self/status"))
-}
-
 fn journal_count(conn: &mut DbConn) -> Result<u64> {
     Ok(journal::table.count().get_result::<i64>(conn)? as u64)
 }
@@ -926,26 +910,9 @@ fn burn_baseline(conn: &mut DbConn, spec: &ChildSpec) -> Result<f64> {
     Ok(t.elapsed().as_secs_f64())
 }
 
+/// Runs one measured step in a child process of its own.
 fn run_child(spec: &ChildSpec) -> Result<ChildOut> {
-    let exe = std::env::current_exe().context("find this benchmark's executable")?;
-    let out = Command::new(&exe)
-        .env(CHILD_ENV, serde_json::to_string(spec)?)
-        .output()
-        .with_context(|| format!("run {}", exe.display()))?;
-    if !out.status.success() {
-        bail!(
-            "the measured step '{}' failed ({}): {}",
-            spec.step,
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    let text = String::from_utf8_lossy(&out.stdout);
-    let line = text
-        .lines()
-        .find_map(|l| l.strip_prefix("RESULT "))
-        .ok_or_else(|| anyhow!("no RESULT line from the measured step: {text}"))?;
-    Ok(serde_json::from_str(line)?)
+    support::run_child(CHILD_ENV, spec, &format!("step '{}'", spec.step))
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -66,6 +66,10 @@ use diesel::prelude::*;
 use rust_decimal::Decimal;
 use serde_json::{json, Value};
 
+#[path = "support/mod.rs"]
+mod support;
+use support::env_num;
+
 /// Who the benchmark's operations are recorded as.
 const ACTOR: &str = "asbb-bench";
 /// The environment variable naming an admin URL of a PostgreSQL server.
@@ -132,17 +136,6 @@ struct Params {
     dir: PathBuf,
     pg_admin: Option<String>,
     modes: Vec<Mode>,
-}
-
-fn env_num<T: std::str::FromStr>(name: &str, default: T) -> Result<T> {
-    match std::env::var(name) {
-        Ok(v) if !v.trim().is_empty() => v
-            .trim()
-            .replace('_', "")
-            .parse()
-            .map_err(|_| anyhow!("{name}={v} is not a number")),
-        _ => Ok(default),
-    }
 }
 
 impl Params {

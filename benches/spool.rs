@@ -64,7 +64,7 @@
 #![allow(clippy::float_arithmetic)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -83,6 +83,10 @@ use diesel::prelude::*;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+
+#[path = "support/mod.rs"]
+mod support;
+use support::{cpu_us, env_num, proc_status_kb};
 
 /// Who the benchmark's operations are recorded as.
 const ACTOR: &str = "asbb-bench";
@@ -127,17 +131,6 @@ struct Params {
     keep: bool,
     dir: PathBuf,
     pg_admin: Option<String>,
-}
-
-fn env_num(name: &str, default: usize) -> Result<usize> {
-    match std::env::var(name) {
-        Ok(v) if !v.trim().is_empty() => v
-            .trim()
-            .replace('_', "")
-            .parse()
-            .map_err(|_| anyhow!("{name}={v} is not a number")),
-        _ => Ok(default),
-    }
 }
 
 fn env_list(name: &str) -> Option<Vec<String>> {
@@ -718,37 +711,6 @@ struct ChildOut {
     idle_reconcile_us: u64,
 }
 
-/// A `kB` field of `/proc/self/status` (`VmHWM`, `VmRSS`).
-fn proc_status_kb(field: &str) -> Result<u64> {
-    let status = std::fs::read_to_string("/proc/self/status")?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .ok_or_else(|| anyhow!("no {field} in /proc/self/status"))
-}
-
-/// CPU time of this (single-threaded) process so far, in microseconds: the scheduler's
-/// `/proc/self/schedstat` (nanoseconds), else user + system ticks of `/proc/self/stat`.
-fn cpu_us() -> u64 {
-    if let Some(ns) = std::fs::read_to_string("/proc/self/schedstat")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-    {
-        return ns / 1000;
-    }
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
-        return 0;
-    };
-    let Some((_, rest)) = stat.rsplit_once(')') else {
-        return 0;
-    };
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let tick = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    // utime and stime, in ticks of 10 ms.
-    (tick(11) + tick(12)) * 10_000
-}
-
 fn child(spec: &ChildSpec) -> Result<ChildOut> {
     let hwm_start_kb = proc_status_kb("VmHWM")?;
     let sync = parse_sync(&spec.sync).ok_or_else(|| anyhow!("bad sync {}", spec.sync))?;
@@ -821,25 +783,9 @@ fn child(spec: &ChildSpec) -> Result<ChildOut> {
     })
 }
 
+/// Runs one measured run in a child process of its own.
 fn run_child(spec: &ChildSpec) -> Result<ChildOut> {
-    let exe = std::env::current_exe().context("find this benchmark's executable")?;
-    let out = Command::new(&exe)
-        .env(CHILD_ENV, serde_json::to_string(spec)?)
-        .output()
-        .with_context(|| format!("run {}", exe.display()))?;
-    if !out.status.success() {
-        bail!(
-            "the measured run failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    let text = String::from_utf8_lossy(&out.stdout);
-    let line = text
-        .lines()
-        .find_map(|l| l.strip_prefix("RESULT "))
-        .ok_or_else(|| anyhow!("no RESULT line from the measured run: {text}"))?;
-    Ok(serde_json::from_str(line)?)
+    support::run_child(CHILD_ENV, spec, "run")
 }
 
 // ---------------------------------------------------------------------------------------------
