@@ -40,6 +40,7 @@
 //! | `ASBB_BENCH_DIR` | directory for the SQLite files | the system temp dir |
 //! | `ASBB_BENCH_MODES` | cycle configurations measured: `calls` (one or 100 cycles per transaction), `paths` (the production batch paths), or `calls,paths` | calls,paths |
 //! | `ASBB_BENCH_KEEP` | `1` keeps the databases afterwards, for a closer look | 0 |
+//! | `ASBB_BENCH_PREFILLED` | a SQLite full ledger kept by an earlier run (`ASBB_BENCH_KEEP=1`, same `ASBB_BENCH_ACCOUNTS`): a copy of it is measured instead of prefilling a new one; it is migrated first, so a schema change can be measured on the same history | unset |
 
 // Rates, ratios and percentiles of timings; no money is computed in floating point here.
 #![allow(clippy::float_arithmetic)]
@@ -136,6 +137,7 @@ struct Params {
     dir: PathBuf,
     pg_admin: Option<String>,
     modes: Vec<Mode>,
+    prefilled: Option<PathBuf>,
 }
 
 impl Params {
@@ -202,6 +204,9 @@ impl Params {
                 .unwrap_or_else(std::env::temp_dir),
             pg_admin,
             modes,
+            prefilled: std::env::var_os("ASBB_BENCH_PREFILLED")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from),
         };
         if p.accounts == 0
             || p.cycles == 0
@@ -725,6 +730,76 @@ fn prefill(
     })
 }
 
+/// Replaces the freshly migrated full ledger with a copy of `src`, a full ledger an earlier
+/// run kept, migrates it, and moves the job counter and the clock past its history so that no
+/// idempotency key repeats. Returns the connection, the account names and the entry count.
+fn reuse_prefilled(
+    db: &BenchDb,
+    src: &Path,
+    n_accounts: usize,
+) -> Result<(DbConn, Vec<String>, i64)> {
+    use diesel::dsl::sql;
+    use diesel::sql_types::{BigInt, Nullable, Text};
+    let dst = db
+        .sqlite_path()
+        .ok_or_else(|| anyhow!("ASBB_BENCH_PREFILLED applies to SQLite only"))?;
+    for suffix in ["-wal", "-shm"] {
+        let mut from = src.as_os_str().to_owned();
+        from.push(suffix);
+        if Path::new(&from).exists() {
+            bail!(
+                "ASBB_BENCH_PREFILLED {}: it has a {suffix} file; open it once so that it is checkpointed",
+                src.display()
+            );
+        }
+        let mut side = dst.as_os_str().to_owned();
+        side.push(suffix);
+        let _ = std::fs::remove_file(Path::new(&side));
+    }
+    let t = Instant::now();
+    std::fs::copy(src, dst)
+        .with_context(|| format!("copy ASBB_BENCH_PREFILLED {}", src.display()))?;
+    let mut conn = asbb::db::connect(&db.db_url, &ConnectOptions::default(), Create::Refuse)?;
+    asbb::db::migrate(&mut conn)?;
+    let accounts: Vec<String> = (0..n_accounts).map(account_name).collect();
+    let known: i64 = schema::accounts::table
+        .filter(schema::accounts::name.eq_any(&accounts))
+        .count()
+        .get_result(&mut conn)?;
+    if usize::try_from(known).ok() != Some(n_accounts) {
+        bail!(
+            "ASBB_BENCH_PREFILLED {} has {known} of the {n_accounts} accounts {}..; set ASBB_BENCH_ACCOUNTS to the run that kept it",
+            src.display(),
+            account_name(0)
+        );
+    }
+    let max_job: Option<i64> = schema::journal::table
+        .select(sql::<Nullable<BigInt>>("MAX(CAST(job_id AS INTEGER))"))
+        .get_result(&mut conn)?;
+    NEXT_JOB.fetch_max(
+        u64::try_from(max_job.unwrap_or(0)).unwrap_or(0) + 1,
+        Ordering::Relaxed,
+    );
+    let last: Option<String> = schema::journal::table
+        .select(sql::<Nullable<Text>>("MAX(effective_at)"))
+        .get_result(&mut conn)?;
+    if let Some(last) = last {
+        let at = chrono::NaiveDateTime::parse_from_str(&last, "%Y-%m-%d %H:%M:%S%.f")
+            .with_context(|| format!("the last effective time {last}"))?
+            .and_utc();
+        CLOCK_MS.fetch_max((at - epoch()).num_milliseconds() + 1, Ordering::Relaxed);
+    }
+    let entries = journal_count(&mut conn)?;
+    eprintln!(
+        "  {}: copied and migrated {} ({entries} entries) in {:.1} s",
+        db.name,
+        src.display(),
+        t.elapsed().as_secs_f64()
+    );
+    drop(conn);
+    Ok((db.connect(SqliteSync::Full)?, accounts, entries))
+}
+
 // ---------------------------------------------------------------------------------------------
 // Measurements
 
@@ -1001,25 +1076,42 @@ fn bench_backend(p: &Params, backend: Backend) -> Result<Value> {
     } else {
         1
     };
-    let mut conn = full_db.connect(prefill_sync)?;
-    let info = server_info(&mut conn)?;
-    let t = Instant::now();
-    let accounts = create_accounts(&mut conn, p.accounts)?;
-    let accounts_time = t.elapsed();
-    eprintln!(
-        "  {}: {} accounts created in {:.1} s; prefilling ...",
-        full_db.name,
-        accounts.len(),
-        accounts_time.as_secs_f64()
-    );
-    let pre = prefill(&full_db, &accounts, p.entries, threads, prefill_sync)?;
-    let entries = journal_count(&mut conn)?;
-    if u64::try_from(entries).ok() != Some(p.entries) {
-        bail!(
-            "prefill wrote {entries} journal entries, expected {}",
-            p.entries
+    let reuse = match (&p.prefilled, backend) {
+        (Some(src), Backend::Sqlite) => Some(src.as_path()),
+        _ => None,
+    };
+    let (mut conn, info, accounts, accounts_time, pre, entries) = if let Some(src) = reuse {
+        let (mut conn, accounts, entries) = reuse_prefilled(&full_db, src, p.accounts)?;
+        let info = server_info(&mut conn)?;
+        let pre = Prefill {
+            cycles: 0,
+            credits: 0,
+            elapsed: Duration::ZERO,
+            threads: 0,
+        };
+        (conn, info, accounts, Duration::ZERO, pre, entries)
+    } else {
+        let mut conn = full_db.connect(prefill_sync)?;
+        let info = server_info(&mut conn)?;
+        let t = Instant::now();
+        let accounts = create_accounts(&mut conn, p.accounts)?;
+        let accounts_time = t.elapsed();
+        eprintln!(
+            "  {}: {} accounts created in {:.1} s; prefilling ...",
+            full_db.name,
+            accounts.len(),
+            accounts_time.as_secs_f64()
         );
-    }
+        let pre = prefill(&full_db, &accounts, p.entries, threads, prefill_sync)?;
+        let entries = journal_count(&mut conn)?;
+        if u64::try_from(entries).ok() != Some(p.entries) {
+            bail!(
+                "prefill wrote {entries} journal entries, expected {}",
+                p.entries
+            );
+        }
+        (conn, info, accounts, accounts_time, pre, entries)
+    };
     let t = Instant::now();
     settle_db(&mut conn)?;
     let settle_time = t.elapsed();

@@ -1905,3 +1905,58 @@ db_test!(batches_share_one_commit_and_isolate_failures, |db| {
     .all(|e| e.idempotency_key != "b-3"));
     assert_audit_clean(&mut conn);
 });
+
+#[derive(diesel::QueryableByName)]
+struct SqlitePlanRow {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    detail: String,
+}
+
+#[derive(diesel::QueryableByName)]
+struct PgPlanRow {
+    #[diesel(sql_type = diesel::sql_types::Text, column_name = "QUERY PLAN")]
+    line: String,
+}
+
+// The charge counts of `account show` read the partial index of charge entries, the one
+// journal index left that is keyed by account and kind (see the migration
+// journal_charges_index); without it they would read every entry of the account.
+db_test!(charge_counts_read_the_partial_charges_index, |db| {
+    use diesel::RunQueryDsl;
+    let mut conn = db.conn();
+    create(&mut conn, "proj-a", "1000");
+    let h = place(&mut conn, &ctx(), &hold_req("proj-a", "10", "h1"));
+    charge(&mut conn, h.id, "5", "c1");
+    let sql = "SELECT COUNT(*) FROM journal WHERE account_id = 1 AND kind = 'charge' AND flags = 'overrun'";
+    let plan: Vec<String> = match &mut conn {
+        DbConn::Sqlite(c) => diesel::sql_query(format!("EXPLAIN QUERY PLAN {sql}"))
+            .load::<SqlitePlanRow>(c)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.detail)
+            .collect(),
+        DbConn::Postgres(c) => {
+            // A tiny table is cheapest to scan whole; forbid that to see which index applies.
+            c.batch_execute("SET enable_seqscan = off").unwrap();
+            diesel::sql_query(format!("EXPLAIN {sql}"))
+                .load::<PgPlanRow>(c)
+                .unwrap()
+                .into_iter()
+                .map(|r| r.line)
+                .collect()
+        }
+    };
+    assert!(
+        plan.iter().any(|l| l.contains("journal_account_charges")),
+        "plan: {plan:?}"
+    );
+    assert_eq!(
+        queries::activity(&mut conn, "proj-a").unwrap(),
+        queries::ActivityCounts {
+            open_holds: 0,
+            charges: 1,
+            overruns: 0,
+            unmatched: 0
+        }
+    );
+});
