@@ -299,3 +299,70 @@ fn health_reports_a_database_that_is_not_ready() {
         .contains("asbb database migrate"));
     assert_eq!(c.stop(), Some(0));
 }
+
+fn metric(text: &str, name: &str) -> Option<i64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// Holds in the SQLite database file itself, without its write-ahead log: what has been
+/// checkpointed.
+fn holds_in_database_file(path: &std::path::Path) -> i64 {
+    use diesel::{Connection, QueryableByName, RunQueryDsl};
+    #[derive(QueryableByName)]
+    struct N {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let mut c =
+        diesel::SqliteConnection::establish(&format!("file:{}?immutable=1", path.display()))
+            .unwrap();
+    diesel::sql_query("SELECT COUNT(*) AS n FROM holds")
+        .get_result::<N>(&mut c)
+        .unwrap()
+        .n
+}
+
+// On SQLite the writer leaves checkpoints to a thread of their own, which copies what the
+// writer committed back into the database file while checkd keeps running.
+#[test]
+fn the_checkpointer_copies_committed_checks_into_the_database_file() {
+    let db = common::TestDb::sqlite();
+    ledger(&db);
+    let path = db.sqlite_path().unwrap();
+    assert_eq!(holds_in_database_file(&path), 0);
+    let c = Checkd::start_with(&db.url, CONFIG);
+    for i in 0..3 {
+        let job = format!(
+            r#"{{"account":"lab","partition":"aws","cpus":1,"wall_time":"10","request_id":"cp-{i}"}}"#
+        );
+        let (code, a) = c.request(&post(&job, AUTH));
+        assert_eq!((code, &a["reason"]), (200, &"ok".into()), "{a}");
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let text = loop {
+        let mut m = TcpStream::connect(&c.addr).unwrap();
+        m.write_all(format!("GET /metrics HTTP/1.0\r\n{AUTH}\r\n").as_bytes())
+            .unwrap();
+        let mut text = String::new();
+        m.read_to_string(&mut text).unwrap();
+        if metric(&text, "asbb_check_wal_checkpoints_total").unwrap_or(0) > 0
+            || std::time::Instant::now() > deadline
+        {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        metric(&text, "asbb_check_wal_checkpoints_total").unwrap_or(0) >= 1,
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, "asbb_check_wal_restarts_total"),
+        Some(0),
+        "{text}"
+    );
+    // Still running, connections open: only a checkpoint puts the holds in the file.
+    assert_eq!(holds_in_database_file(&path), 3);
+    assert_eq!(c.stop(), Some(0));
+}

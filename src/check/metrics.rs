@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -30,6 +30,14 @@ pub struct Metrics {
     pub committed: AtomicU64,
     /// Requests by status code.
     requests: Mutex<BTreeMap<u16, u64>>,
+    /// A checkpointer thread keeps the SQLite WAL short (the WAL lines are shown).
+    pub wal: AtomicBool,
+    /// Checkpoints it ran.
+    pub wal_checkpoints: AtomicU64,
+    /// Of those, restarts of the WAL.
+    pub wal_restarts: AtomicU64,
+    /// Frames in the WAL at the last checkpoint.
+    pub wal_frames: AtomicI64,
 }
 
 fn seconds(us: u64) -> String {
@@ -118,6 +126,15 @@ impl Metrics {
                 let _ = writeln!(out, "asbb_http_requests_total{{code=\"{code}\"}} {n}");
             }
         }
+        if self.wal.load(Ordering::Relaxed) {
+            let _ = writeln!(
+                out,
+                "# HELP asbb_check_wal_checkpoints_total Checkpoints of the SQLite WAL run beside the writer.\n# TYPE asbb_check_wal_checkpoints_total counter\nasbb_check_wal_checkpoints_total {}\n# HELP asbb_check_wal_restarts_total Of those, checkpoints that made the WAL start over.\n# TYPE asbb_check_wal_restarts_total counter\nasbb_check_wal_restarts_total {}\n# HELP asbb_check_wal_frames Frames in the WAL at the last checkpoint.\n# TYPE asbb_check_wal_frames gauge\nasbb_check_wal_frames {}",
+                self.wal_checkpoints.load(Ordering::Relaxed),
+                self.wal_restarts.load(Ordering::Relaxed),
+                self.wal_frames.load(Ordering::Relaxed)
+            );
+        }
         match holds {
             Some((n, usd)) => {
                 let _ = writeln!(
@@ -166,5 +183,16 @@ mod tests {
         );
         assert!(t.contains("asbb_holds_outstanding 2"), "{t}");
         assert!(t.contains("asbb_holds_outstanding_usd 12.50"), "{t}");
+        assert!(
+            !t.contains("asbb_check_wal"),
+            "no checkpointer, no WAL lines: {t}"
+        );
+        m.wal.store(true, Ordering::Relaxed);
+        m.wal_checkpoints.fetch_add(3, Ordering::Relaxed);
+        m.wal_frames.store(120, Ordering::Relaxed);
+        let t = m.render(None);
+        assert!(t.contains("asbb_check_wal_checkpoints_total 3"), "{t}");
+        assert!(t.contains("asbb_check_wal_restarts_total 0"), "{t}");
+        assert!(t.contains("asbb_check_wal_frames 120"), "{t}");
     }
 }
