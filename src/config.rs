@@ -167,6 +167,12 @@ max_batch = 64
 # The cluster name recorded on holds when a check does not give one.
 cluster = ""
 
+# `asbb checks prune` (its timer runs daily) deletes the request log of checks older than this
+# whose hold is no longer open: their answers for retries and the estimates behind learned
+# corrections (so it must be at least estimate.correction_window). Holds and the journal are
+# never pruned. "0" keeps every check.
+retention = "400d"
+
 [estimate]
 # What a job without a time limit (or UNLIMITED) is priced at when its partition has no
 # max_time: a SLURM time limit such as "01:00:00" or "1-00:00:00".
@@ -338,6 +344,8 @@ pub struct CheckConfig {
     pub max_batch: u64,
     /// Default cluster name.
     pub cluster: String,
+    /// How long the `checks` rows are kept (`0`: for ever).
+    pub retention: String,
 }
 
 impl Default for CheckConfig {
@@ -350,6 +358,7 @@ impl Default for CheckConfig {
             max_body_bytes: 65_536,
             max_batch: 64,
             cluster: String::new(),
+            retention: "400d".into(),
         }
     }
 }
@@ -1063,6 +1072,20 @@ impl Config {
                 Err(e) => bad(key, e.to_string()),
             }
         }
+        match (
+            span_or_zero(&self.check.retention),
+            span_or_zero(&self.estimate.correction_window),
+        ) {
+            (Err(e), _) => bad("check.retention", e.to_string()),
+            (Ok(keep), Ok(window)) if !keep.is_zero() && keep < window => bad(
+                "check.retention",
+                format!(
+                    "{} is shorter than estimate.correction_window ({}): learned corrections read the checks of that window; keep them at least that long, or \"0\" for ever",
+                    self.check.retention, self.estimate.correction_window
+                ),
+            ),
+            _ => {}
+        }
         match TimeLimit::parse(&self.estimate.default_time_limit) {
             Ok(TimeLimit::Seconds(_)) => {}
             Ok(TimeLimit::Unlimited) => bad(
@@ -1361,6 +1384,22 @@ impl Config {
     /// The hold buffer (validated at load).
     pub fn hold_buffer(&self) -> Decimal {
         Decimal::from_str(self.ledger.default_hold_buffer.trim()).unwrap_or(Decimal::new(12, 1))
+    }
+
+    /// How long `checks` rows are kept; `None`: for ever (validated at load).
+    pub fn check_retention(&self) -> Option<chrono::Duration> {
+        span_or_zero(&self.check.retention)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .and_then(|d| chrono::Duration::from_std(d).ok())
+    }
+
+    /// The shortest retention of checks allowed: the learning window of corrections.
+    pub fn min_check_retention(&self) -> chrono::Duration {
+        span_or_zero(&self.estimate.correction_window)
+            .ok()
+            .and_then(|d| chrono::Duration::from_std(d).ok())
+            .unwrap_or(chrono::Duration::days(90))
     }
 
     /// The hold lifetime (validated at load).

@@ -399,3 +399,79 @@ db_test!(checks_commit_together_in_one_transaction, |db| {
     let audit = asbb::db::audit::verify(&mut c, None, &mut |_| {}).unwrap();
     assert!(audit.discrepancies.is_empty(), "{:?}", audit.discrepancies);
 });
+
+fn checks_count(c: &mut DbConn) -> i64 {
+    use asbb::db::schema::checks;
+    checks::table.count().get_result(c).unwrap()
+}
+
+fn journal_count(c: &mut DbConn) -> i64 {
+    use asbb::db::schema::journal;
+    journal::table.count().get_result(c).unwrap()
+}
+
+db_test!(pruning_deletes_old_checks_of_resolved_holds_only, |db| {
+    let mut c = db.conn();
+    account(&mut c, "lab", "1000");
+    let checked = |c: &mut DbConn, day: u32, rid: &str| {
+        let mut r = req("lab", 1, 60);
+        r.request_id = Some(rid.into());
+        let a = check::check(c, &at(day), &pricing(), &r).unwrap();
+        assert!(a.available, "{a:?}");
+        hold_of(c, &a).id
+    };
+    let _open_old = checked(&mut c, 2, "a");
+    let released = checked(&mut c, 2, "b");
+    let charged = checked(&mut c, 10, "d");
+    let _open_new = checked(&mut c, 20, "e");
+    ledger::release_hold(&mut c, &at(3), released, "job cancelled", "rel-b").unwrap();
+    ledger::charge_hold(
+        &mut c,
+        &at(11),
+        &ChargeHold {
+            hold_id: charged,
+            actual: usd("0.50"),
+            job_id: None,
+            reason: "",
+            key: "chg-d",
+        },
+    )
+    .unwrap();
+    // A denial of day 2 is a row without a hold.
+    let mut big = req("lab", 64, 24 * 60 * 30);
+    big.request_id = Some("denied".into());
+    assert!(
+        !check::check(&mut c, &at(2), &pricing(), &big)
+            .unwrap()
+            .available
+    );
+    let journal = journal_count(&mut c);
+    assert_eq!(checks_count(&mut c), 5);
+    let before = at(15).effective_at;
+
+    let dry = check::prune(&mut c, before, true).unwrap();
+    assert_eq!((dry.removed, dry.kept_open, dry.dry_run), (3, 1, true));
+    assert_eq!(checks_count(&mut c), 5, "a dry run deletes nothing");
+
+    let r = check::prune(&mut c, before, false).unwrap();
+    assert_eq!((r.removed, r.kept_open, r.dry_run), (3, 1, false));
+    assert_eq!(
+        checks_count(&mut c),
+        2,
+        "the open old one and the new one stay"
+    );
+    assert_eq!(journal_count(&mut c), journal, "the journal is untouched");
+    let audit = asbb::db::audit::verify(&mut c, None, &mut |_| {}).unwrap();
+    assert!(audit.discrepancies.is_empty(), "{:?}", audit.discrepancies);
+    // The open hold's request still replays its first answer.
+    let mut r1 = req("lab", 1, 60);
+    r1.request_id = Some("a".into());
+    assert!(
+        check::check(&mut c, &at(16), &pricing(), &r1)
+            .unwrap()
+            .replayed
+    );
+    // Twice: nothing more.
+    let again = check::prune(&mut c, before, false).unwrap();
+    assert_eq!((again.removed, again.kept_open), (0, 1));
+});

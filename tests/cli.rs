@@ -1041,3 +1041,101 @@ db_test!(audit_verify_detects_edited_settings, |db| {
         "{out}"
     );
 });
+
+db_test!(checks_prune_from_the_command_line, |db| {
+    let a = Asbb::new(db);
+    std::fs::write(&a.config, "[partitions.aws]\ncpu_hour = \"0.60\"\n").unwrap();
+    a.create("lab", "100");
+    a.ok(&[
+        "check",
+        "--account",
+        "lab",
+        "--partition",
+        "aws",
+        "--nodes",
+        "1",
+        "--cpus",
+        "1",
+        "--wall-time",
+        "10",
+        "--request-id",
+        "old-1",
+        "--as-of",
+        "2026-02-02",
+    ]);
+    // Shorter than the learning window of corrections: refused, naming the flag and the key.
+    let err = a.fails(&["checks", "prune", "--older-than", "10d"], 1);
+    assert!(
+        err.contains("--older-than") && err.contains("estimate.correction_window"),
+        "{err}"
+    );
+    let err = a.fails(&["checks", "prune", "--older-than", "soon"], 1);
+    assert!(err.contains("--older-than"), "{err}");
+    // The check's hold is open: kept, and counted.
+    let v = a.json(&[
+        "checks",
+        "prune",
+        "--older-than",
+        "90d",
+        "--as-of",
+        "2026-09-01",
+    ]);
+    assert_eq!(
+        (v["removed"].as_u64(), v["kept_open"].as_u64()),
+        (Some(0), Some(1)),
+        "{v}"
+    );
+    assert_eq!(v["before"], "2026-06-03T00:00:00Z");
+    let hold = a.json(&["hold", "list", "--account", "lab"])[0]["hold_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    a.ok(&[
+        "hold",
+        "release",
+        &hold,
+        "--reason",
+        "cancelled",
+        "--as-of",
+        "2026-02-03",
+    ]);
+    let v = a.json(&[
+        "checks",
+        "prune",
+        "--dry-run",
+        "--older-than",
+        "90d",
+        "--as-of",
+        "2026-09-01",
+    ]);
+    assert_eq!(
+        (v["removed"].as_u64(), v["dry_run"].as_bool()),
+        (Some(1), Some(true)),
+        "{v}"
+    );
+    let out = a.ok(&[
+        "checks",
+        "prune",
+        "--older-than",
+        "90d",
+        "--as-of",
+        "2026-09-01",
+    ]);
+    assert!(
+        out.contains("1 checks created before 2026-06-03T00:00:00Z removed"),
+        "{out}"
+    );
+    let v = a.json(&[
+        "checks",
+        "prune",
+        "--older-than",
+        "90d",
+        "--as-of",
+        "2026-09-01",
+    ]);
+    assert_eq!(v["removed"].as_u64(), Some(0), "{v}");
+    // check.retention is validated against the same window.
+    std::fs::write(&a.config, "[check]\nretention = \"30d\"\n").unwrap();
+    let err = a.fails(&["checks", "prune"], 1);
+    assert!(err.contains("check.retention"), "{err}");
+});

@@ -68,6 +68,7 @@ fn every_batch_command_has_a_persistent_timer() {
         "allocations",
         "burn-rate",
         "report",
+        "checks-prune",
     ] {
         let timer = format!("asbb-{cmd}.timer");
         assert!(names.contains(&timer), "no {timer}");

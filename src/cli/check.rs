@@ -3,7 +3,7 @@
 
 use std::io::Write;
 
-use clap::Args;
+use clap::{Args, Subcommand};
 
 use super::output::print_json;
 use super::{CliError, Ctx};
@@ -67,6 +67,99 @@ pub struct CheckArgs {
     /// The hold this check replaces (a modified job); it is released if the new one is placed.
     #[arg(long, value_name = "HOLD")]
     pub replace_hold: Option<String>,
+}
+
+/// `asbb checks`.
+#[derive(Debug, Subcommand)]
+pub enum ChecksCmd {
+    /// Delete the request log of checks older than check.retention whose hold is no longer
+    /// open (holds and the journal stay). Safe to run twice and to kill.
+    Prune(PruneArgs),
+}
+
+/// `asbb checks prune`.
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    /// Delete checks older than this span before --as-of [default: check.retention].
+    #[arg(long, value_name = "SPAN")]
+    pub older_than: Option<String>,
+    /// Count what would be deleted, delete nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+pub(crate) fn checks(ctx: &Ctx<'_>, cmd: &ChecksCmd, out: &mut dyn Write) -> Result<i32, CliError> {
+    match cmd {
+        ChecksCmd::Prune(a) => prune(ctx, a, out),
+    }
+}
+
+fn prune(ctx: &Ctx<'_>, a: &PruneArgs, out: &mut dyn Write) -> Result<i32, CliError> {
+    let config = ctx.config()?;
+    let keep = match &a.older_than {
+        Some(s) => {
+            let d =
+                crate::config::span_or_zero(s).map_err(|e| CliError::usage("--older-than", e))?;
+            let d = chrono::Duration::from_std(d)
+                .ok()
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| CliError::usage("--older-than", "give a span such as 400d"))?;
+            let min = config.min_check_retention();
+            if d < min {
+                return Err(CliError::usage(
+                    "--older-than",
+                    format!(
+                        "{s} is shorter than estimate.correction_window ({}): learned corrections read the checks of that window",
+                        config.estimate.correction_window
+                    ),
+                ));
+            }
+            Some(d)
+        }
+        None => config.check_retention(),
+    };
+    let Some(keep) = keep else {
+        if ctx.cli.json {
+            print_json(
+                out,
+                &serde_json::json!({"pruned": false, "reason": "check.retention is 0: every check is kept"}),
+            )?;
+        } else {
+            writeln!(
+                out,
+                "checks prune: check.retention is 0, every check is kept"
+            )?;
+        }
+        return Ok(exit::OK);
+    };
+    let before = ctx.as_of()? - keep;
+    let mut conn = ctx.conn()?;
+    let r = check::prune(&mut conn, before, a.dry_run).map_err(|e| CliError {
+        code: exit::ERROR,
+        message: e.to_string(),
+    })?;
+    if ctx.cli.json {
+        print_json(
+            out,
+            &serde_json::json!({
+                "pruned": !r.dry_run,
+                "dry_run": r.dry_run,
+                "before": r.before.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                "removed": r.removed,
+                "kept_open": r.kept_open,
+            }),
+        )?;
+    } else {
+        writeln!(
+            out,
+            "checks prune: {} checks created before {} {}; {} older ones kept (their holds are open)",
+            r.removed,
+            r.before.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            if r.dry_run { "would be removed (dry run)" } else { "removed" },
+            r.kept_open
+        )?;
+    }
+    Ok(exit::OK)
 }
 
 /// The flag for a field of the request.

@@ -71,6 +71,9 @@ pub enum Command {
     /// Would this job be allowed? Price it, hold its estimate (exit 0), or say why not (exit 3):
     /// the same check `asbb-checkd` answers for SLURM.
     Check(check::CheckArgs),
+    /// The request log of the checks: `checks prune` deletes old rows (the timer job).
+    #[command(subcommand)]
+    Checks(check::ChecksCmd),
     /// Place, release, expire and inspect holds by hand.
     #[command(subcommand)]
     Hold(holds::HoldCmd),
@@ -351,6 +354,7 @@ pub fn run(cli: &Cli) -> Result<i32, CliError> {
         Command::Reconcile(a) => spool::reconcile(&ctx, a, out),
         Command::Spool(c) => spool::run(&ctx, c, out),
         Command::Recover(a) => spool::recover(&ctx, a, out),
+        Command::Checks(c) => check::checks(&ctx, c, out),
         Command::Analytics(c) => spool::analytics(&ctx, c, out),
         Command::Allocations(c) => allocations::run(&ctx, c, out),
         Command::Grant(c) => grant::run(&ctx, c, out),

@@ -891,3 +891,76 @@ pub fn holds_outstanding(conn: &mut DbConn) -> Result<(i64, UsdMicros), CheckErr
     let total = rows.iter().fold(0i64, |a, r| a.saturating_add(*r));
     Ok((rows.len() as i64, UsdMicros::from_stored(total)))
 }
+
+// ---------------------------------------------------------------------------------------------
+// Retention
+
+/// Rows deleted per transaction by [`prune`].
+pub const PRUNE_BATCH: i64 = 5_000;
+
+/// What [`prune`] removed, or would remove (`dry_run`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PruneReport {
+    /// Checks created before this were candidates.
+    pub before: DateTime<Utc>,
+    /// Rows removed (or, in a dry run, that would be).
+    pub removed: u64,
+    /// Older rows kept because their hold is still open.
+    pub kept_open: u64,
+    /// Nothing was deleted.
+    pub dry_run: bool,
+}
+
+/// Deletes the `checks` rows created before `before` whose hold is no longer open (or that
+/// placed none), [`PRUNE_BATCH`] rows to a transaction, in id order.
+///
+/// A check row is the request log of the endpoint: its answer for retries with the same
+/// request id, and the estimate behind a hold for learned corrections. The money is in the
+/// hold and the journal, which are never touched here. A row whose hold is still open stays:
+/// a retry must still find the first answer, and a re-pricing its hold. Safe to run twice (the
+/// second run finds nothing) and to kill at any moment (each batch commits whole).
+pub fn prune(
+    conn: &mut DbConn,
+    before: DateTime<Utc>,
+    dry_run: bool,
+) -> Result<PruneReport, CheckError> {
+    let cut = to_naive(before);
+    let mut removed = 0u64;
+    let mut after = 0i64;
+    loop {
+        let ids: Vec<i64> = checks::table
+            .left_join(holds::table.on(holds::id.nullable().eq(checks::hold_id)))
+            .filter(checks::id.gt(after))
+            .filter(checks::created_at.lt(cut))
+            .filter(
+                checks::hold_id
+                    .is_null()
+                    .or(holds::state.ne(HoldState::Open.as_str())),
+            )
+            .select(checks::id)
+            .order(checks::id)
+            .limit(PRUNE_BATCH)
+            .load(conn)?;
+        let Some(last) = ids.last() else { break };
+        after = *last;
+        if !dry_run {
+            write_transaction(conn, |c| {
+                diesel::delete(checks::table.filter(checks::id.eq_any(&ids))).execute(c)
+            })?;
+            tracing::info!("checks prune: removed {} rows up to id {after}", ids.len());
+        }
+        removed += ids.len() as u64;
+    }
+    let kept_open: i64 = checks::table
+        .inner_join(holds::table.on(holds::id.nullable().eq(checks::hold_id)))
+        .filter(checks::created_at.lt(cut))
+        .filter(holds::state.eq(HoldState::Open.as_str()))
+        .count()
+        .get_result(conn)?;
+    Ok(PruneReport {
+        before,
+        removed,
+        kept_open: u64::try_from(kept_open).unwrap_or(0),
+        dry_run,
+    })
+}
