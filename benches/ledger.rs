@@ -40,6 +40,7 @@
 //! | `ASBB_BENCH_DIR` | directory for the SQLite files | the system temp dir |
 //! | `ASBB_BENCH_MODES` | cycle configurations measured: `calls` (one or 100 cycles per transaction), `paths` (the production batch paths), or `calls,paths` | calls,paths |
 //! | `ASBB_BENCH_KEEP` | `1` keeps the databases afterwards, for a closer look | 0 |
+//! | `ASBB_BENCH_CHECKPOINTER` | `0`: the production paths without the thread that checkpoints the SQLite WAL beside the writer (which `asbb-checkd` and `asbb reconcile` run; see `db::checkpoint`), for comparison | 1 |
 //! | `ASBB_BENCH_PREFILLED` | a SQLite full ledger kept by an earlier run (`ASBB_BENCH_KEEP=1`, same `ASBB_BENCH_ACCOUNTS`): a copy of it is measured instead of prefilling a new one; it is migrated first, so a schema change can be measured on the same history | unset |
 
 // Rates, ratios and percentiles of timings; no money is computed in floating point here.
@@ -138,6 +139,7 @@ struct Params {
     pg_admin: Option<String>,
     modes: Vec<Mode>,
     prefilled: Option<PathBuf>,
+    checkpointer: bool,
 }
 
 impl Params {
@@ -204,6 +206,8 @@ impl Params {
                 .unwrap_or_else(std::env::temp_dir),
             pg_admin,
             modes,
+            checkpointer: std::env::var("ASBB_BENCH_CHECKPOINTER")
+                .map_or(true, |v| v.trim() != "0"),
             prefilled: std::env::var_os("ASBB_BENCH_PREFILLED")
                 .filter(|v| !v.is_empty())
                 .map(PathBuf::from),
@@ -1176,6 +1180,24 @@ fn bench_backend(p: &Params, backend: Backend) -> Result<Value> {
         }
         let mut f = full_db.connect(sync)?;
         let mut e = empty_db.connect(sync)?;
+        // The production paths (asbb-checkd, asbb reconcile) run with a thread that
+        // checkpoints the SQLite WAL beside the writer; so do these rounds, one per ledger.
+        let checkpointers = if mode == Mode::Production && p.checkpointer {
+            let mut started = Vec::new();
+            for (db, conn) in [(&full_db, &mut f), (&empty_db, &mut e)] {
+                if let Some(c) = asbb::db::checkpoint::Checkpointer::start(
+                    &db.db_url,
+                    &opts(sync),
+                    asbb::db::checkpoint::INTERVAL,
+                )? {
+                    c.relieve(conn)?;
+                    started.push(c);
+                }
+            }
+            started
+        } else {
+            Vec::new()
+        };
         let pair = measure_cycles(
             p,
             &mut f,
@@ -1185,6 +1207,7 @@ fn bench_backend(p: &Params, backend: Backend) -> Result<Value> {
             batch,
             mode,
         )?;
+        drop(checkpointers);
         let batched = match (mode, batch) {
             (Mode::Production, _) => {
                 let (h, c) = production_batches();

@@ -54,6 +54,7 @@
 //! | `ASBB_BENCH_AUDIT` | `1` runs `audit verify` after every run, `0` never | 0 / 1 |
 //! | `ASBB_BENCH_DIR` | where the spool and the SQLite files live | the system temp dir |
 //! | `ASBB_BENCH_KEEP` | `1` keeps the work directory and databases afterwards | 0 |
+//! | `ASBB_BENCH_CHECKPOINTER` | `0`: no checkpointer thread beside the SQLite writer (`asbb spool scan`, `asbb reconcile` and `asbb-spoold` run one; see `db::checkpoint`), for comparison | 1 |
 //!
 //! One round at 100,000 files per configuration keeps the full run (both backends, both SQLite
 //! levels, both backlogs) at about twelve minutes on two cores (five on SQLite alone; most of the
@@ -721,6 +722,22 @@ fn child(spec: &ChildSpec) -> Result<ChildOut> {
             ..ConnectOptions::default()
         },
     )?;
+    // As the commands and the daemon do: on SQLite a thread checkpoints the WAL beside us.
+    let checkpointer = if std::env::var("ASBB_BENCH_CHECKPOINTER").is_ok_and(|v| v.trim() == "0") {
+        None
+    } else {
+        asbb::db::checkpoint::Checkpointer::start(
+            &DbUrl::parse(&spec.url)?,
+            &ConnectOptions {
+                sqlite_synchronous: sync,
+                ..ConnectOptions::default()
+            },
+            asbb::db::checkpoint::INTERVAL,
+        )?
+    };
+    if let Some(c) = &checkpointer {
+        c.relieve(&mut conn)?;
+    }
     let dirs = SpoolDirs {
         asbx: Some(spec.dir.clone()),
         jobs: None,

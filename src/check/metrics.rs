@@ -3,9 +3,11 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
+
+use crate::db::checkpoint::WalStats;
 
 /// Upper bounds of the latency histogram, microseconds.
 const BUCKETS_US: [u64; 13] = [
@@ -30,14 +32,8 @@ pub struct Metrics {
     pub committed: AtomicU64,
     /// Requests by status code.
     requests: Mutex<BTreeMap<u16, u64>>,
-    /// A checkpointer thread keeps the SQLite WAL short (the WAL lines are shown).
-    pub wal: AtomicBool,
-    /// Checkpoints it ran.
-    pub wal_checkpoints: AtomicU64,
-    /// Of those, restarts of the WAL.
-    pub wal_restarts: AtomicU64,
-    /// Frames in the WAL at the last checkpoint.
-    pub wal_frames: AtomicI64,
+    /// What the checkpointer of the SQLite WAL did, when there is one.
+    pub wal: OnceLock<Arc<WalStats>>,
 }
 
 fn seconds(us: u64) -> String {
@@ -126,13 +122,13 @@ impl Metrics {
                 let _ = writeln!(out, "asbb_http_requests_total{{code=\"{code}\"}} {n}");
             }
         }
-        if self.wal.load(Ordering::Relaxed) {
+        if let Some(w) = self.wal.get() {
             let _ = writeln!(
                 out,
                 "# HELP asbb_check_wal_checkpoints_total Checkpoints of the SQLite WAL run beside the writer.\n# TYPE asbb_check_wal_checkpoints_total counter\nasbb_check_wal_checkpoints_total {}\n# HELP asbb_check_wal_restarts_total Of those, checkpoints that made the WAL start over.\n# TYPE asbb_check_wal_restarts_total counter\nasbb_check_wal_restarts_total {}\n# HELP asbb_check_wal_frames Frames in the WAL at the last checkpoint.\n# TYPE asbb_check_wal_frames gauge\nasbb_check_wal_frames {}",
-                self.wal_checkpoints.load(Ordering::Relaxed),
-                self.wal_restarts.load(Ordering::Relaxed),
-                self.wal_frames.load(Ordering::Relaxed)
+                w.checkpoints.load(Ordering::Relaxed),
+                w.restarts.load(Ordering::Relaxed),
+                w.frames.load(Ordering::Relaxed)
             );
         }
         match holds {
@@ -187,9 +183,10 @@ mod tests {
             !t.contains("asbb_check_wal"),
             "no checkpointer, no WAL lines: {t}"
         );
-        m.wal.store(true, Ordering::Relaxed);
-        m.wal_checkpoints.fetch_add(3, Ordering::Relaxed);
-        m.wal_frames.store(120, Ordering::Relaxed);
+        let w = Arc::new(WalStats::default());
+        w.checkpoints.fetch_add(3, Ordering::Relaxed);
+        w.frames.store(120, Ordering::Relaxed);
+        m.wal.set(w).unwrap();
         let t = m.render(None);
         assert!(t.contains("asbb_check_wal_checkpoints_total 3"), "{t}");
         assert!(t.contains("asbb_check_wal_restarts_total 0"), "{t}");

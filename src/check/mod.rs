@@ -14,14 +14,9 @@
 //!   (`db::check::commit` joins the caller's transaction): one disk sync for all of them, and a
 //!   check that fails is rolled back alone. Answers go out only after the commit;
 //! - one **refresher** re-reads the estimate-vs-actual history for learned corrections;
-//! - on SQLite, one **checkpointer** copies the WAL back into the database file beside the
-//!   writer ([`CheckpointMode::Passive`](db::CheckpointMode)), so that the writer never stops
-//!   to do it at the end of a commit (its own automatic checkpoint is off): a checkpoint
-//!   writes thousands of pages, and a writer that stopped for one kept every check of the
-//!   batch in hand waiting. When the WAL has grown past [`db::WAL_AUTOCHECKPOINT_PAGES`]
-//!   frames anyway (a writer that never pauses leaves the WAL no moment to start over), a
-//!   restart right after the passive copy lets it start over, holding the writer up only for
-//!   what was committed in between.
+//! - on SQLite, one **checkpointer** ([`db::checkpoint`]) copies the WAL back into the
+//!   database file beside the writer, so that the writer never stops a batch of checks to do
+//!   it at the end of a commit (that had been most of the p99 latency).
 //!
 //! SIGTERM stops the acceptor, lets the workers finish the request in hand, lets the writer
 //! commit what it was given, and returns.
@@ -41,6 +36,7 @@ use chrono::Utc;
 use serde_json::json;
 
 use crate::db::check::{self, CheckAnswer, CheckError, CheckRequest, Priced, Pricing};
+use crate::db::checkpoint::Checkpointer;
 use crate::db::ledger::{LedgerError, OpContext};
 use crate::db::{self, ConnectOptions, DbConn, DbUrl};
 use crate::domain::estimate::History;
@@ -105,7 +101,7 @@ impl ServerConfig {
             token: None,
             pricing: Pricing::default(),
             correction_refresh: Duration::from_secs(60),
-            checkpoint_interval: Duration::from_millis(250),
+            checkpoint_interval: db::checkpoint::INTERVAL,
         }
     }
 }
@@ -212,8 +208,6 @@ struct Shared {
     queued: AtomicUsize,
     metrics: Metrics,
     histories: RwLock<HashMap<(String, String), History>>,
-    /// Every writer has returned: the checkpointer makes its last pass and stops.
-    writers_done: AtomicBool,
 }
 
 /// Serves on `cfg.listen` (or on `inherited`, a socket systemd passed in) until `stop` becomes
@@ -243,7 +237,6 @@ pub fn serve(
         queued: AtomicUsize::new(0),
         metrics: Metrics::default(),
         histories: RwLock::new(HashMap::new()),
-        writers_done: AtomicBool::new(false),
     });
     refresh_histories(&shared);
 
@@ -273,18 +266,14 @@ pub fn serve(
             .name("checkd-refresh".into())
             .spawn(move || refresh_loop(&shared))?
     };
-    let checkpointer = match shared.cfg.db_url.backend() {
-        db::Backend::Sqlite => {
-            shared.metrics.wal.store(true, Ordering::Relaxed);
-            let shared = Arc::clone(&shared);
-            Some(
-                std::thread::Builder::new()
-                    .name("checkd-checkpoint".into())
-                    .spawn(move || checkpoint_loop(&shared))?,
-            )
-        }
-        db::Backend::Postgres => None,
-    };
+    let checkpointer = Checkpointer::start(
+        &shared.cfg.db_url,
+        &shared.cfg.connect,
+        shared.cfg.checkpoint_interval,
+    )?;
+    if let Some(c) = &checkpointer {
+        let _ = shared.metrics.wal.set(c.stats());
+    }
     let mut pool = Vec::with_capacity(workers);
     for i in 0..workers {
         let shared = Arc::clone(&shared);
@@ -316,9 +305,8 @@ pub fn serve(
     for w in writer_threads {
         let _ = w.join();
     }
-    shared.writers_done.store(true, Ordering::Relaxed);
     if let Some(c) = checkpointer {
-        let _ = c.join();
+        c.finish();
     }
     let _ = refresher.join();
     tracing::info!("asbb-checkd stopped");
@@ -726,7 +714,7 @@ fn write_batch(shared: &Shared, conn: &mut Option<DbConn>, batch: Vec<Job>) {
         // checkpointer that cannot connect, say), so that it stays bounded whatever happens.
         let opened =
             db::connect_checked(&shared.cfg.db_url, &shared.cfg.connect).and_then(|mut c| {
-                db::set_wal_autocheckpoint(&mut c, 10 * db::WAL_AUTOCHECKPOINT_PAGES)?;
+                db::set_wal_autocheckpoint(&mut c, db::checkpoint::WRITER_FALLBACK_PAGES)?;
                 Ok(c)
             });
         match opened {
@@ -778,59 +766,6 @@ fn write_batch(shared: &Shared, conn: &mut Option<DbConn>, batch: Vec<Job>) {
                     write_batch(shared, conn, vec![j]);
                 }
             }
-        }
-    }
-}
-
-/// Copies the SQLite WAL back into the database file every `checkpoint_interval` in which the
-/// writer committed, and once more when the writers are done.
-fn checkpoint_loop(shared: &Shared) {
-    let mut conn: Option<DbConn> = None;
-    let mut seen = 0;
-    loop {
-        let last = shared.writers_done.load(Ordering::Relaxed);
-        let commits = shared.metrics.commits.load(Ordering::Relaxed);
-        if commits != seen {
-            seen = commits;
-            checkpoint(shared, &mut conn);
-        }
-        if last {
-            return;
-        }
-        std::thread::sleep(shared.cfg.checkpoint_interval);
-    }
-}
-
-fn checkpoint(shared: &Shared, conn: &mut Option<DbConn>) {
-    if conn.is_none() {
-        match db::connect_checked(&shared.cfg.db_url, &shared.cfg.connect) {
-            Ok(c) => *conn = Some(c),
-            Err(e) => {
-                tracing::warn!("checkpointer: failed to connect: {e}");
-                return;
-            }
-        }
-    }
-    let c = conn.as_mut().expect("connected above");
-    let m = &shared.metrics;
-    let r = db::wal_checkpoint(c, db::CheckpointMode::Passive).and_then(|state| match state {
-        Some(s) if s.frames >= db::WAL_AUTOCHECKPOINT_PAGES => {
-            m.wal_checkpoints.fetch_add(1, Ordering::Relaxed);
-            let again = db::wal_checkpoint(c, db::CheckpointMode::Restart)?;
-            m.wal_restarts.fetch_add(1, Ordering::Relaxed);
-            Ok(again.or(state))
-        }
-        other => Ok(other),
-    });
-    match r {
-        Ok(Some(s)) => {
-            m.wal_checkpoints.fetch_add(1, Ordering::Relaxed);
-            m.wal_frames.store(s.frames, Ordering::Relaxed);
-        }
-        Ok(None) => {}
-        Err(e) => {
-            tracing::warn!("checkpointer: checkpoint of the WAL failed: {e}");
-            *conn = None;
         }
     }
 }

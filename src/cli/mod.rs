@@ -229,6 +229,27 @@ impl Ctx<'_> {
         )?)
     }
 
+    /// For a batch command that commits many times: on SQLite, a thread that checkpoints the
+    /// WAL beside `conn`, which then no longer stops to do it (see [`db::checkpoint`]).
+    pub fn checkpointer(
+        &self,
+        conn: &mut DbConn,
+    ) -> Result<Option<db::checkpoint::Checkpointer>, CliError> {
+        let c = db::checkpoint::Checkpointer::start(
+            &self.db_url()?,
+            &self.config()?.connect_options(),
+            db::checkpoint::INTERVAL,
+        )
+        .map_err(|e| CliError {
+            code: exit::ERROR,
+            message: format!("failed to start the checkpointer thread: {e}"),
+        })?;
+        if let Some(c) = &c {
+            c.relieve(conn).map_err(LedgerError::from)?;
+        }
+        Ok(c)
+    }
+
     /// The effective time: `--as-of`, else now.
     pub fn as_of(&self) -> Result<DateTime<Utc>, CliError> {
         match &self.cli.as_of {

@@ -171,6 +171,7 @@ fn scan(ctx: &Ctx<'_>, a: &ScanArgs, out: &mut dyn Write) -> Result<i32, CliErro
     // Files age by the wall clock (their modification times are real), whatever --as-of says.
     let now = ctx.now;
     let mut conn = ctx.conn()?;
+    let _checkpointer = ctx.checkpointer(&mut conn)?;
     let mut intake = Intake::new(ctx.config()?.intake_options());
     let bar = spinner("scanning");
     let report = intake
@@ -348,6 +349,7 @@ pub(crate) fn reconcile(
         }
     }
     let policy = ctx.config()?.reconcile_policy();
+    let _checkpointer = ctx.checkpointer(&mut conn)?;
     let bar = spinner("reconciling");
     let r = reconcile::reconcile(&mut conn, &op, &policy, job_base, &|| false)?;
     bar.finish_and_clear();

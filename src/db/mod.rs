@@ -28,6 +28,7 @@ pub mod allocations;
 pub mod audit;
 pub mod burn;
 pub mod check;
+pub mod checkpoint;
 mod fixed;
 pub mod grants;
 pub mod ledger;

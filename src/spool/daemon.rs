@@ -60,11 +60,20 @@ pub fn run(cfg: &DaemonConfig, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
         tracing::info!(kind = %kind, dir = %dir.display(), "watching");
     }
     let mut intake = Intake::new(cfg.intake.clone());
+    // On SQLite a thread checkpoints the WAL beside this writer (see `db::checkpoint`).
+    let checkpointer =
+        db::checkpoint::Checkpointer::start(&cfg.db_url, &cfg.connect, db::checkpoint::INTERVAL)?;
     let mut conn = None;
     let should_stop = || stop.load(Ordering::SeqCst);
     loop {
         if conn.is_none() {
-            match db::connect_checked(&cfg.db_url, &cfg.connect) {
+            let opened = db::connect_checked(&cfg.db_url, &cfg.connect).and_then(|mut c| {
+                if let Some(k) = &checkpointer {
+                    k.relieve(&mut c)?;
+                }
+                Ok(c)
+            });
+            match opened {
                 Ok(c) => conn = Some(c),
                 Err(e) => {
                     tracing::error!(error = %e, "database unavailable; retrying");

@@ -1,0 +1,250 @@
+//! Checkpoints of the SQLite write-ahead log beside a busy writer.
+//!
+//! A SQLite connection that commits checkpoints the WAL itself once it is
+//! [`WAL_AUTOCHECKPOINT_PAGES`](super::WAL_AUTOCHECKPOINT_PAGES) long: at the end of that
+//! commit it copies thousands of pages back into the database file, and whatever waits for the
+//! commit (the checks of a group commit, the next batch of a reconcile) waits for that too. The
+//! [`Checkpointer`] does the copying on a thread and connection of its own instead, every
+//! quarter of a second, while the writer goes on: a passive checkpoint never blocks a writer.
+//! The writer then only checkpoints if the WAL grows ten times past the usual length
+//! ([`WRITER_FALLBACK_PAGES`], e.g. when the checkpointer cannot connect), so the WAL stays
+//! bounded whatever happens.
+//!
+//! A writer that never pauses leaves the WAL no moment to start over from its beginning (that
+//! needs every frame copied back before the next write). Once the WAL is longer than the usual
+//! length, the checkpointer follows its passive pass with a restart, which waits for the write
+//! in hand and holds new writers up only while it copies what was committed in between.
+//!
+//! On PostgreSQL there is nothing to do: [`Checkpointer::start`] returns `None`.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use super::{
+    connect, set_wal_autocheckpoint, wal_checkpoint, CheckpointMode, ConnectOptions, Create,
+    DbConn, DbUrl, WAL_AUTOCHECKPOINT_PAGES,
+};
+
+/// How often the checkpointer looks at the WAL.
+pub const INTERVAL: Duration = Duration::from_millis(250);
+
+/// The WAL length, in pages, at which a writer working beside a checkpointer checkpoints by
+/// itself after all.
+pub const WRITER_FALLBACK_PAGES: i64 = 10 * WAL_AUTOCHECKPOINT_PAGES;
+
+/// What the checkpointer did.
+#[derive(Debug, Default)]
+pub struct WalStats {
+    /// Checkpoints run.
+    pub checkpoints: AtomicU64,
+    /// Of those, restarts of the WAL.
+    pub restarts: AtomicU64,
+    /// Frames in the WAL at the last checkpoint.
+    pub frames: AtomicI64,
+}
+
+/// The checkpointer thread of one SQLite database. Dropping it (or [`finish`](Self::finish))
+/// stops the thread after a last pass.
+#[derive(Debug)]
+pub struct Checkpointer {
+    stop: Arc<AtomicBool>,
+    stats: Arc<WalStats>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Checkpointer {
+    /// Starts checkpointing `url` every `interval`; `None` on PostgreSQL.
+    pub fn start(
+        url: &DbUrl,
+        opts: &ConnectOptions,
+        interval: Duration,
+    ) -> std::io::Result<Option<Checkpointer>> {
+        if !matches!(url, DbUrl::Sqlite(_)) {
+            return Ok(None);
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let stats = Arc::new(WalStats::default());
+        let handle = {
+            let (url, opts) = (url.clone(), opts.clone());
+            let (stop, stats) = (Arc::clone(&stop), Arc::clone(&stats));
+            std::thread::Builder::new()
+                .name("asbb-checkpoint".into())
+                .spawn(move || run(&url, &opts, interval, &stop, &stats))?
+        };
+        Ok(Some(Checkpointer {
+            stop,
+            stats,
+            handle: Some(handle),
+        }))
+    }
+
+    /// What it did so far.
+    pub fn stats(&self) -> Arc<WalStats> {
+        Arc::clone(&self.stats)
+    }
+
+    /// Hands the checkpoints of `conn`, a writer's connection, to this checkpointer: the writer
+    /// checkpoints only past [`WRITER_FALLBACK_PAGES`].
+    pub fn relieve(&self, conn: &mut DbConn) -> Result<(), diesel::result::Error> {
+        set_wal_autocheckpoint(conn, WRITER_FALLBACK_PAGES)
+    }
+
+    /// Stops the thread after a last pass, and waits for it.
+    pub fn finish(mut self) {
+        self.stop_and_join();
+    }
+
+    fn stop_and_join(&mut self) {
+        if let Some(h) = self.handle.take() {
+            self.stop.store(true, Ordering::Relaxed);
+            h.thread().unpark();
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        self.stop_and_join();
+    }
+}
+
+fn run(
+    url: &DbUrl,
+    opts: &ConnectOptions,
+    interval: Duration,
+    stop: &AtomicBool,
+    stats: &WalStats,
+) {
+    let mut conn: Option<DbConn> = None;
+    // A failure is logged once, not every pass, and so is the recovery.
+    let mut failing = false;
+    loop {
+        let last = stop.load(Ordering::Relaxed);
+        match pass(url, opts, &mut conn, stats) {
+            Ok(()) if failing => {
+                tracing::info!("checkpointer: checkpointing again");
+                failing = false;
+            }
+            Ok(()) => {}
+            Err(e) if !failing => {
+                tracing::warn!(
+                    "checkpointer: {e}; meanwhile the writer checkpoints past {WRITER_FALLBACK_PAGES} pages"
+                );
+                failing = true;
+            }
+            Err(_) => {}
+        }
+        if last {
+            return;
+        }
+        std::thread::park_timeout(interval);
+    }
+}
+
+fn pass(
+    url: &DbUrl,
+    opts: &ConnectOptions,
+    conn: &mut Option<DbConn>,
+    stats: &WalStats,
+) -> Result<(), String> {
+    if conn.is_none() {
+        *conn = Some(
+            connect(url, opts, Create::Refuse).map_err(|e| format!("failed to connect: {e}"))?,
+        );
+    }
+    let c = conn.as_mut().expect("connected above");
+    let r = wal_checkpoint(c, CheckpointMode::Passive).and_then(|state| match state {
+        Some(s) if s.frames >= WAL_AUTOCHECKPOINT_PAGES => {
+            stats.checkpoints.fetch_add(1, Ordering::Relaxed);
+            let again = wal_checkpoint(c, CheckpointMode::Restart)?;
+            stats.restarts.fetch_add(1, Ordering::Relaxed);
+            Ok(again.or(state))
+        }
+        other => Ok(other),
+    });
+    match r {
+        Ok(s) => {
+            if let Some(s) = s {
+                stats.checkpoints.fetch_add(1, Ordering::Relaxed);
+                stats.frames.store(s.frames, Ordering::Relaxed);
+            }
+            Ok(())
+        }
+        Err(e) => {
+            *conn = None;
+            Err(format!("checkpoint of the WAL failed: {e}"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use diesel::connection::SimpleConnection;
+
+    // A writer that commits without pause, 12,000 pages in all: more than the length at which
+    // it would have checkpointed by itself. The checkpointer copies the WAL back and, once it
+    // is long, makes it start over; the writer never checkpoints.
+    #[test]
+    fn a_busy_writer_leaves_checkpoints_and_restarts_to_the_checkpointer() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = DbUrl::Sqlite(dir.path().join("t.db"));
+        let opts = ConnectOptions::default();
+        let mut w = connect(&url, &opts, Create::Allow).unwrap();
+        w.batch_execute("CREATE TABLE t (x BLOB)").unwrap();
+        let c = Checkpointer::start(&url, &opts, Duration::from_millis(20))
+            .unwrap()
+            .expect("a checkpointer for SQLite");
+        c.relieve(&mut w).unwrap();
+        let stats = c.stats();
+        for _ in 0..120 {
+            w.batch_execute(
+                "BEGIN IMMEDIATE; \
+                 WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 100) \
+                 INSERT INTO t SELECT randomblob(4000) FROM n; COMMIT;",
+            )
+            .unwrap();
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while stats.restarts.load(Ordering::Relaxed) == 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        c.finish();
+        assert!(stats.restarts.load(Ordering::Relaxed) >= 1, "{stats:?}");
+        assert!(stats.checkpoints.load(Ordering::Relaxed) >= 2, "{stats:?}");
+        // Everything committed is in the database file, read without the WAL.
+        let mut r = connect(
+            &DbUrl::Sqlite(
+                format!("file:{}?immutable=1", dir.path().join("t.db").display()).into(),
+            ),
+            &opts,
+            Create::Allow,
+        )
+        .unwrap();
+        let DbConn::Sqlite(r) = &mut r else {
+            unreachable!()
+        };
+        #[derive(diesel::QueryableByName)]
+        struct N {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            n: i64,
+        }
+        let n: N =
+            diesel::RunQueryDsl::get_result(diesel::sql_query("SELECT COUNT(*) AS n FROM t"), r)
+                .unwrap();
+        assert_eq!(n.n, 12_000);
+    }
+
+    #[test]
+    fn nothing_to_do_on_postgres() {
+        let url = DbUrl::Postgres("postgres://nobody@127.0.0.1:1/none".into());
+        assert!(
+            Checkpointer::start(&url, &ConnectOptions::default(), INTERVAL)
+                .unwrap()
+                .is_none()
+        );
+    }
+}
