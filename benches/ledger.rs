@@ -21,7 +21,9 @@
 //! paths production takes in bulk, at their default batch sizes: holds group-committed 64 to a
 //! transaction (as asbb-checkd commits concurrent checks, `[check] max_batch`), then their
 //! charges 500 to a transaction with `ledger::charge_batch` (as `asbb reconcile` books its
-//! batches of cost records, `[reconcile] batch_size`).
+//! batches of cost records, `[reconcile] batch_size`). Like asbb-checkd and `asbb reconcile`,
+//! the production paths run on SQLite with a `db::checkpoint::Checkpointer` beside the writer
+//! (`ASBB_BENCH_CHECKPOINTER=0` measures them without, for comparison).
 //!
 //! Environment overrides, for quicker experiments:
 //!
