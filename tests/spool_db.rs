@@ -1046,3 +1046,39 @@ db_test!(batch_and_one_by_one_book_the_same_ledger, |db| {
         assert_eq!(a, b, "the batch path booked differently");
     }
 });
+
+#[derive(diesel::QueryableByName)]
+struct Analyzed {
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    analyzed: bool,
+}
+
+fn cost_records_analyzed(c: &mut DbConn) -> Option<bool> {
+    let DbConn::Postgres(pg) = c else { return None };
+    let r: Analyzed = diesel::RunQueryDsl::get_result(
+        diesel::sql_query(
+            "SELECT last_analyze IS NOT NULL AS analyzed FROM pg_stat_user_tables WHERE relname = 'cost_records'",
+        ),
+        pg,
+    )
+    .unwrap();
+    Some(r.analyzed)
+}
+
+// After a bulk change the batch commands refresh PostgreSQL's statistics of the tables they
+// changed, so that the planner does not keep reading them through the wrong index; below the
+// threshold they leave it to autovacuum. (SQLite: nothing to do, nothing fails.)
+db_test!(bulk_changes_refresh_the_planner_statistics, |db| {
+    let mut c = db.conn();
+    asbb::db::refresh_statistics(&mut c, &["cost_records"], asbb::db::BULK_CHANGE_ROWS - 1);
+    if let Some(analyzed) = cost_records_analyzed(&mut c) {
+        assert!(
+            !analyzed,
+            "a small change leaves the statistics to autovacuum"
+        );
+    }
+    asbb::db::refresh_statistics(&mut c, &["cost_records"], asbb::db::BULK_CHANGE_ROWS);
+    if let Some(analyzed) = cost_records_analyzed(&mut c) {
+        assert!(analyzed, "a bulk change runs ANALYZE");
+    }
+});

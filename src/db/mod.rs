@@ -378,6 +378,28 @@ pub fn backend_of(conn: &DbConn) -> Backend {
     }
 }
 
+/// Rows a batch command must have changed before it refreshes the planner's statistics.
+pub const BULK_CHANGE_ROWS: u64 = 5_000;
+
+/// After a batch changed `changed` rows of `tables` (at least [`BULK_CHANGE_ROWS`]), refreshes
+/// PostgreSQL's statistics of them (`ANALYZE`) instead of waiting for autovacuum. With the old
+/// statistics the planner believed, say, that most cost records were still pending, and read
+/// the next pending ones by walking the primary key past every charged run (81 ms at 100,000
+/// runs, against 0.05 ms through the `(status, id)` index). SQLite's planner keeps no such
+/// statistics here; nothing is done there. A failure is logged, never returned: the batch's
+/// work is committed already.
+pub fn refresh_statistics(conn: &mut DbConn, tables: &[&str], changed: u64) {
+    if changed < BULK_CHANGE_ROWS {
+        return;
+    }
+    if let DbConn::Postgres(c) = conn {
+        let sql = format!("ANALYZE {}", tables.join(", "));
+        if let Err(e) = c.batch_execute(&sql) {
+            tracing::warn!("{sql} after {changed} changed rows failed: {e}");
+        }
+    }
+}
+
 /// Pages after which a SQLite connection checkpoints the WAL into the database file itself at
 /// the end of a commit (`PRAGMA wal_autocheckpoint`, set by [`connect`]).
 pub const WAL_AUTOCHECKPOINT_PAGES: i64 = 10_000;

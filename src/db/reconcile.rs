@@ -199,6 +199,11 @@ pub fn reconcile(
         }
     }
     report.charged_usd = total.to_string();
+    super::refresh_statistics(
+        conn,
+        &["cost_records", "holds"],
+        report.charged + report.unmatched + report.waiting,
+    );
     Ok(report)
 }
 

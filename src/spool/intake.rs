@@ -204,6 +204,11 @@ impl Intake {
             })
             .map(|r| total.add(&r))?;
         }
+        crate::db::refresh_statistics(
+            conn,
+            &["spool_files", "cost_records", "job_end_records"],
+            total.stored,
+        );
         Ok(total)
     }
 
