@@ -714,7 +714,7 @@ fn write_batch(shared: &Shared, conn: &mut Option<DbConn>, batch: Vec<Job>) {
         // checkpointer that cannot connect, say), so that it stays bounded whatever happens.
         let opened =
             db::connect_checked(&shared.cfg.db_url, &shared.cfg.connect).and_then(|mut c| {
-                db::set_wal_autocheckpoint(&mut c, db::checkpoint::WRITER_FALLBACK_PAGES)?;
+                db::checkpoint::relieve(&mut c)?;
                 Ok(c)
             });
         match opened {

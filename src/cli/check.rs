@@ -134,17 +134,15 @@ fn prune(ctx: &Ctx<'_>, a: &PruneArgs, out: &mut dyn Write) -> Result<i32, CliEr
     };
     let before = ctx.as_of()? - keep;
     let mut conn = ctx.conn()?;
-    let r = check::prune(&mut conn, before, a.dry_run).map_err(|e| CliError {
-        code: exit::ERROR,
-        message: e.to_string(),
-    })?;
+    let r = check::prune(&mut conn, before, a.dry_run)?;
+    let before = r.before.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     if ctx.cli.json {
         print_json(
             out,
             &serde_json::json!({
                 "pruned": !r.dry_run,
                 "dry_run": r.dry_run,
-                "before": r.before.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                "before": before,
                 "removed": r.removed,
                 "kept_open": r.kept_open,
             }),
@@ -154,7 +152,7 @@ fn prune(ctx: &Ctx<'_>, a: &PruneArgs, out: &mut dyn Write) -> Result<i32, CliEr
             out,
             "checks prune: {} checks created before {} {}; {} older ones kept (their holds are open)",
             r.removed,
-            r.before.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            before,
             if r.dry_run { "would be removed (dry run)" } else { "removed" },
             r.kept_open
         )?;

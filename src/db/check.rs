@@ -923,7 +923,7 @@ pub fn prune(
     conn: &mut DbConn,
     before: DateTime<Utc>,
     dry_run: bool,
-) -> Result<PruneReport, CheckError> {
+) -> Result<PruneReport, LedgerError> {
     let cut = to_naive(before);
     let mut removed = 0u64;
     let mut after = 0i64;

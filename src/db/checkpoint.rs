@@ -1,7 +1,7 @@
 //! Checkpoints of the SQLite write-ahead log beside a busy writer.
 //!
 //! A SQLite connection that commits checkpoints the WAL itself once it is
-//! [`WAL_AUTOCHECKPOINT_PAGES`](super::WAL_AUTOCHECKPOINT_PAGES) long: at the end of that
+//! [`WAL_AUTOCHECKPOINT_PAGES`] long: at the end of that
 //! commit it copies thousands of pages back into the database file, and whatever waits for the
 //! commit (the checks of a group commit, the next batch of a reconcile) waits for that too. The
 //! [`Checkpointer`] does the copying on a thread and connection of its own instead, every
@@ -22,10 +22,9 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use super::{
-    connect, set_wal_autocheckpoint, wal_checkpoint, CheckpointMode, ConnectOptions, Create,
-    DbConn, DbUrl, WAL_AUTOCHECKPOINT_PAGES,
-};
+use diesel::connection::SimpleConnection;
+
+use super::{connect, ConnectOptions, Create, DbConn, DbUrl, WAL_AUTOCHECKPOINT_PAGES};
 
 /// How often the checkpointer looks at the WAL.
 pub const INTERVAL: Duration = Duration::from_millis(250);
@@ -33,6 +32,72 @@ pub const INTERVAL: Duration = Duration::from_millis(250);
 /// The WAL length, in pages, at which a writer working beside a checkpointer checkpoints by
 /// itself after all.
 pub const WRITER_FALLBACK_PAGES: i64 = 10 * WAL_AUTOCHECKPOINT_PAGES;
+
+/// How [`wal_checkpoint`] copies the WAL back into the SQLite database file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckpointMode {
+    /// Copy what it can without waiting for anyone; writers carry on meanwhile.
+    Passive,
+    /// Copy everything, waiting (up to the busy timeout) for the writer in hand, and make the
+    /// next writer start the WAL from its beginning. New writers wait while it runs.
+    Restart,
+}
+
+/// What a checkpoint found: frames in the WAL and frames of them now in the database file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WalState {
+    /// The checkpoint could not finish (a reader or writer was in the way).
+    pub busy: bool,
+    /// Frames in the WAL.
+    pub frames: i64,
+    /// Of those, frames copied back.
+    pub checkpointed: i64,
+}
+
+#[derive(diesel::QueryableByName)]
+struct WalCheckpointRow {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    busy: i64,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    log: i64,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    checkpointed: i64,
+}
+
+/// Checkpoints a SQLite database's WAL; `None` on PostgreSQL, which has no such thing.
+pub fn wal_checkpoint(
+    conn: &mut DbConn,
+    mode: CheckpointMode,
+) -> Result<Option<WalState>, diesel::result::Error> {
+    let DbConn::Sqlite(c) = conn else {
+        return Ok(None);
+    };
+    let sql = match mode {
+        CheckpointMode::Passive => "PRAGMA wal_checkpoint(PASSIVE)",
+        CheckpointMode::Restart => "PRAGMA wal_checkpoint(RESTART)",
+    };
+    let row: WalCheckpointRow = diesel::RunQueryDsl::get_result(diesel::sql_query(sql), c)?;
+    Ok(Some(WalState {
+        busy: row.busy != 0,
+        frames: row.log,
+        checkpointed: row.checkpointed,
+    }))
+}
+
+/// Sets after how many WAL pages this SQLite connection checkpoints at the end of its own
+/// commits (0: never; another thread or process does it). Nothing on PostgreSQL.
+pub fn set_wal_autocheckpoint(conn: &mut DbConn, pages: i64) -> Result<(), diesel::result::Error> {
+    if let DbConn::Sqlite(c) = conn {
+        c.batch_execute(&format!("PRAGMA wal_autocheckpoint = {}", pages.max(0)))?;
+    }
+    Ok(())
+}
+
+/// Hands the checkpoints of `conn`, a writer's connection, to the checkpointer: the writer
+/// checkpoints only past [`WRITER_FALLBACK_PAGES`]. Nothing on PostgreSQL.
+pub fn relieve(conn: &mut DbConn) -> Result<(), diesel::result::Error> {
+    set_wal_autocheckpoint(conn, WRITER_FALLBACK_PAGES)
+}
 
 /// What the checkpointer did.
 #[derive(Debug, Default)]
@@ -85,10 +150,9 @@ impl Checkpointer {
         Arc::clone(&self.stats)
     }
 
-    /// Hands the checkpoints of `conn`, a writer's connection, to this checkpointer: the writer
-    /// checkpoints only past [`WRITER_FALLBACK_PAGES`].
+    /// Hands the checkpoints of `conn`, a writer's connection, to this checkpointer ([`relieve`]).
     pub fn relieve(&self, conn: &mut DbConn) -> Result<(), diesel::result::Error> {
-        set_wal_autocheckpoint(conn, WRITER_FALLBACK_PAGES)
+        relieve(conn)
     }
 
     /// Stops the thread after a last pass, and waits for it.
@@ -183,7 +247,6 @@ fn pass(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use diesel::connection::SimpleConnection;
 
     // A writer that commits without pause, 12,000 pages in all: more than the length at which
     // it would have checkpointed by itself. The checkpointer copies the WAL back and, once it

@@ -404,66 +404,6 @@ pub fn refresh_statistics(conn: &mut DbConn, tables: &[&str], changed: u64) {
 /// the end of a commit (`PRAGMA wal_autocheckpoint`, set by [`connect`]).
 pub const WAL_AUTOCHECKPOINT_PAGES: i64 = 10_000;
 
-/// How [`wal_checkpoint`] copies the WAL back into the SQLite database file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CheckpointMode {
-    /// Copy what it can without waiting for anyone; writers carry on meanwhile.
-    Passive,
-    /// Copy everything, waiting (up to the busy timeout) for the writer in hand, and make the
-    /// next writer start the WAL from its beginning. New writers wait while it runs.
-    Restart,
-}
-
-/// What a checkpoint found: frames in the WAL and frames of them now in the database file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct WalState {
-    /// The checkpoint could not finish (a reader or writer was in the way).
-    pub busy: bool,
-    /// Frames in the WAL.
-    pub frames: i64,
-    /// Of those, frames copied back.
-    pub checkpointed: i64,
-}
-
-#[derive(diesel::QueryableByName)]
-struct WalCheckpointRow {
-    #[diesel(sql_type = diesel::sql_types::BigInt)]
-    busy: i64,
-    #[diesel(sql_type = diesel::sql_types::BigInt)]
-    log: i64,
-    #[diesel(sql_type = diesel::sql_types::BigInt)]
-    checkpointed: i64,
-}
-
-/// Checkpoints a SQLite database's WAL; `None` on PostgreSQL, which has no such thing.
-pub fn wal_checkpoint(
-    conn: &mut DbConn,
-    mode: CheckpointMode,
-) -> Result<Option<WalState>, diesel::result::Error> {
-    let DbConn::Sqlite(c) = conn else {
-        return Ok(None);
-    };
-    let sql = match mode {
-        CheckpointMode::Passive => "PRAGMA wal_checkpoint(PASSIVE)",
-        CheckpointMode::Restart => "PRAGMA wal_checkpoint(RESTART)",
-    };
-    let row: WalCheckpointRow = diesel::RunQueryDsl::get_result(diesel::sql_query(sql), c)?;
-    Ok(Some(WalState {
-        busy: row.busy != 0,
-        frames: row.log,
-        checkpointed: row.checkpointed,
-    }))
-}
-
-/// Sets after how many WAL pages this SQLite connection checkpoints at the end of its own
-/// commits (0: never; another thread or process does it). Nothing on PostgreSQL.
-pub fn set_wal_autocheckpoint(conn: &mut DbConn, pages: i64) -> Result<(), diesel::result::Error> {
-    if let DbConn::Sqlite(c) = conn {
-        c.batch_execute(&format!("PRAGMA wal_autocheckpoint = {}", pages.max(0)))?;
-    }
-    Ok(())
-}
-
 /// Runs `f` in a write transaction: `BEGIN IMMEDIATE` on SQLite (the write lock is taken up
 /// front, waiting up to the busy timeout), a plain `BEGIN` on PostgreSQL (callers lock the rows
 /// they change). Commits on `Ok`, rolls back on `Err`.
