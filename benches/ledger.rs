@@ -23,7 +23,9 @@
 //! charges 500 to a transaction with `ledger::charge_batch` (as `asbb reconcile` books its
 //! batches of cost records, `[reconcile] batch_size`). Like asbb-checkd and `asbb reconcile`,
 //! the production paths run on SQLite with a `db::checkpoint::Checkpointer` beside the writer
-//! (`ASBB_BENCH_CHECKPOINTER=0` measures them without, for comparison).
+//! (`ASBB_BENCH_CHECKPOINTER=0` measures them without, for comparison). On SQLite one more
+//! production round per ledger, with checkpoints held back, counts the WAL pages a cycle
+//! writes: what the commits write and the checkpoints copy back, most of a cycle's cost.
 //!
 //! Environment overrides, for quicker experiments:
 //!
@@ -900,6 +902,27 @@ fn production_round(
     Ok(n as f64 / start.elapsed().as_secs_f64())
 }
 
+/// The pages one production cycle writes to the SQLite WAL (what the commits write, and the
+/// checkpoints copy back): one round of `n` cycles with checkpoints held back, counted from
+/// the WAL's frame count. The WAL is emptied first and copied back afterwards.
+fn wal_pages_per_cycle(conn: &mut DbConn, accounts: &[String], n: usize) -> Result<f64> {
+    use asbb::db::checkpoint::{set_wal_autocheckpoint, wal_checkpoint, CheckpointMode};
+    let frames = |conn: &mut DbConn, mode| -> Result<i64> {
+        let w = wal_checkpoint(conn, mode)?.context("not a SQLite ledger")?;
+        if w.busy {
+            bail!("the WAL checkpoint was busy: another connection is open");
+        }
+        Ok(w.frames)
+    };
+    set_wal_autocheckpoint(conn, 0)?;
+    frames(conn, CheckpointMode::Restart)?;
+    let mut rng = Rng::new(0x3A1);
+    production_round(conn, accounts, &mut rng, n, production_batches())?;
+    let written = frames(conn, CheckpointMode::Restart)?;
+    set_wal_autocheckpoint(conn, asbb::db::WAL_AUTOCHECKPOINT_PAGES)?;
+    Ok(written as f64 / n as f64)
+}
+
 /// The production batch sizes: `[check] max_batch` holds per group commit and
 /// `[reconcile] batch_size` charges per transaction, from the built-in defaults.
 fn production_batches() -> (usize, usize) {
@@ -1210,6 +1233,14 @@ fn bench_backend(p: &Params, backend: Backend) -> Result<Value> {
             mode,
         )?;
         drop(checkpointers);
+        let wal_pages = if mode == Mode::Production && backend == Backend::Sqlite {
+            Some((
+                wal_pages_per_cycle(&mut e, &accounts, p.cycles)?,
+                wal_pages_per_cycle(&mut f, &accounts, p.cycles)?,
+            ))
+        } else {
+            None
+        };
         let batched = match (mode, batch) {
             (Mode::Production, _) => {
                 let (h, c) = production_batches();
@@ -1243,7 +1274,16 @@ fn bench_backend(p: &Params, backend: Backend) -> Result<Value> {
         } else {
             format!("default{batched}")
         };
-        cycles_json.insert(key, pair.json("cycles/s"));
+        let mut entry = pair.json("cycles/s");
+        if let Some((empty, full)) = wal_pages {
+            println!(
+                "  {:<22} {empty:>10.2} {:>10} {:>10} {full:>10.2}   (one more round each, checkpoints held back)",
+                "WAL pages per cycle", "", ""
+            );
+            entry["wal_pages_per_cycle"] =
+                serde_json::json!({"empty": round3(empty), "full": round3(full)});
+        }
+        cycles_json.insert(key, entry);
         if primary.is_none() {
             primary = Some(pair.full.median);
         }

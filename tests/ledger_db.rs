@@ -4,8 +4,8 @@
 mod common;
 
 use asbb::db::ledger::{
-    self, AccountUpdate, ChargeHold, ChargeOutcome, ChargeUnmatched, HoldOutcome, HoldRequest,
-    LedgerError, MoneyOp, NewAccount, OpContext,
+    self, AccountUpdate, BatchCharge, BatchResult, BatchTarget, ChargeHold, ChargeOutcome,
+    ChargeUnmatched, HoldOutcome, HoldRequest, LedgerError, MoneyOp, NewAccount, OpContext,
 };
 use asbb::db::models::{Account, Hold};
 use asbb::db::queries::{self, EntryFilter};
@@ -1918,17 +1918,9 @@ struct PgPlanRow {
     line: String,
 }
 
-// The charge counts of `account show` read the partial index of charge entries, the one
-// journal index left that is keyed by account and kind (see the migration
-// journal_charges_index); without it they would read every entry of the account.
-db_test!(charge_counts_read_the_partial_charges_index, |db| {
+fn query_plan(conn: &mut DbConn, sql: &str) -> Vec<String> {
     use diesel::RunQueryDsl;
-    let mut conn = db.conn();
-    create(&mut conn, "proj-a", "1000");
-    let h = place(&mut conn, &ctx(), &hold_req("proj-a", "10", "h1"));
-    charge(&mut conn, h.id, "5", "c1");
-    let sql = "SELECT COUNT(*) FROM journal WHERE account_id = 1 AND kind = 'charge' AND flags = 'overrun'";
-    let plan: Vec<String> = match &mut conn {
+    match conn {
         DbConn::Sqlite(c) => diesel::sql_query(format!("EXPLAIN QUERY PLAN {sql}"))
             .load::<SqlitePlanRow>(c)
             .unwrap()
@@ -1938,25 +1930,118 @@ db_test!(charge_counts_read_the_partial_charges_index, |db| {
         DbConn::Postgres(c) => {
             // A tiny table is cheapest to scan whole; forbid that to see which index applies.
             c.batch_execute("SET enable_seqscan = off").unwrap();
-            diesel::sql_query(format!("EXPLAIN {sql}"))
+            let plan = diesel::sql_query(format!("EXPLAIN {sql}"))
                 .load::<PgPlanRow>(c)
                 .unwrap()
                 .into_iter()
                 .map(|r| r.line)
-                .collect()
+                .collect();
+            c.batch_execute("SET enable_seqscan = on").unwrap();
+            plan
         }
+    }
+}
+
+// An account's open holds are counted (`account show`, `account close`) through the partial
+// index of open holds (see the migration account_counts_open_holds); without it they would
+// read every hold the account ever had.
+db_test!(
+    open_hold_counts_read_the_partial_index_of_open_holds,
+    |db| {
+        let mut conn = db.conn();
+        create(&mut conn, "proj-a", "1000");
+        let h = place(&mut conn, &ctx(), &hold_req("proj-a", "10", "h1"));
+        charge(&mut conn, h.id, "5", "c1");
+        place(&mut conn, &ctx(), &hold_req("proj-a", "20", "h2"));
+        let plan = query_plan(
+            &mut conn,
+            "SELECT COUNT(*) FROM holds WHERE account_id = 1 AND state = 'open'",
+        );
+        assert!(
+            plan.iter().any(|l| l.contains("holds_account_open")),
+            "plan: {plan:?}"
+        );
+        assert_eq!(
+            queries::activity(&mut conn, "proj-a").unwrap().open_holds,
+            1
+        );
+        let open = queries::holds(&mut conn, Some("proj-a"), Some(HoldState::Open), None).unwrap();
+        assert_eq!(open.len(), 1);
+        assert_eq!(open[0].amount, usd("20"));
+        let charged =
+            queries::holds(&mut conn, Some("proj-a"), Some(HoldState::Charged), None).unwrap();
+        assert_eq!(charged.iter().map(|h| h.id).collect::<Vec<_>>(), [h.id]);
+        assert_eq!(
+            queries::holds(&mut conn, Some("proj-a"), None, None)
+                .unwrap()
+                .len(),
+            2
+        );
+    }
+);
+
+// The charge counts are cached on the account row by every path that books a charge (one
+// operation, a batch), recounted by the audit, and filled in by the migration that added them.
+db_test!(charge_counts_are_cached_audited_and_backfilled, |db| {
+    let mut conn = db.conn();
+    mixed_workload(&mut conn);
+    // A batch of three more on alpha: one overrun, one plain, one unmatched.
+    let h7 = place(&mut conn, &ctx(), &hold_req("alpha", "4", "w-h7"));
+    let h8 = place(&mut conn, &ctx(), &hold_req("alpha", "4", "w-h8"));
+    let items = [
+        BatchCharge {
+            target: BatchTarget::Hold(ChargeHold {
+                hold_id: h7.id,
+                actual: usd("9"),
+                job_id: None,
+                reason: "",
+                key: "w-c7",
+            }),
+            refund: None,
+        },
+        BatchCharge {
+            target: BatchTarget::Hold(ChargeHold {
+                hold_id: h8.id,
+                actual: usd("1"),
+                job_id: None,
+                reason: "",
+                key: "w-c8",
+            }),
+            refund: None,
+        },
+        BatchCharge {
+            target: BatchTarget::Unmatched(unmatched("alpha", usd("2"), "w-u9")),
+            refund: None,
+        },
+    ];
+    assert!(matches!(
+        ledger::charge_batch(&mut conn, &ctx(), &items).unwrap(),
+        BatchResult::Booked(b) if b.len() == 3
+    ));
+    let counts = |conn: &mut DbConn| {
+        ["alpha", "beta"].map(|a| {
+            let c = queries::activity(conn, a).unwrap();
+            (c.charges, c.overruns, c.unmatched)
+        })
     };
-    assert!(
-        plan.iter().any(|l| l.contains("journal_account_charges")),
-        "plan: {plan:?}"
-    );
-    assert_eq!(
-        queries::activity(&mut conn, "proj-a").unwrap(),
-        queries::ActivityCounts {
-            open_holds: 0,
-            charges: 1,
-            overruns: 0,
-            unmatched: 0
-        }
-    );
+    // alpha: w-c1, w-c2 (over its hold of 10), w-c7 (overrun), w-c8, w-u9 (unmatched);
+    // beta: w-u1 (unmatched).
+    assert_eq!(counts(&mut conn), [(5, 2, 1), (1, 0, 1)]);
+    assert_audit_clean(&mut conn);
+
+    // The migration that added the counters fills them in from the journal.
+    let newest = known_versions(&mut conn).pop().unwrap();
+    assert_eq!(asbb::db::revert_last(&mut conn).unwrap(), newest);
+    asbb::db::migrate(&mut conn).unwrap();
+    let mut conn = db.conn();
+    assert_eq!(counts(&mut conn), [(5, 2, 1), (1, 0, 1)]);
+    assert_audit_clean(&mut conn);
+
+    conn.batch_execute("UPDATE accounts SET overrun_count = overrun_count + 1 WHERE name = 'beta'")
+        .unwrap();
+    let report = audit::verify(&mut conn, None, &mut |_| {}).unwrap();
+    assert_eq!(report.discrepancies.len(), 1, "{:#?}", report.discrepancies);
+    let d = &report.discrepancies[0];
+    assert_eq!((d.account.as_str(), d.kind), ("beta", "count_mismatch"));
+    assert!(d.detail.contains("overrun charges"), "{}", d.detail);
 });

@@ -2,7 +2,8 @@
 //!
 //! For each account, in one consistent snapshot: the hash chain is recomputed from the genesis
 //! hash; sequence numbers must be gapless; each entry's effect must obey the rules of its kind;
-//! the sums of effects must equal the cached balances of the account and of each partition; and
+//! the sums of effects must equal the cached balances of the account and of each partition, and
+//! its charge entries the cached charge counts; and
 //! every hold must agree with its entries (one hold entry, at most one resolution, nothing left
 //! held once resolved).
 
@@ -12,7 +13,9 @@ use diesel::prelude::*;
 use serde::Serialize;
 
 use super::ledger::{setting_limit, setting_time};
-use super::models::{AccountChangeRow, AccountRow, HoldRow, JournalRow, PartitionRow};
+use super::models::{
+    AccountChangeRow, AccountRow, ChargeCounts, HoldRow, JournalRow, PartitionRow,
+};
 use super::schema::{account_changes, account_partitions, accounts, holds, journal};
 use super::DbConn;
 use crate::db::ledger::LedgerError;
@@ -32,7 +35,8 @@ pub struct Discrepancy {
     /// Account name.
     pub account: String,
     /// Machine-readable kind: `chain_broken`, `hash_mismatch`, `seq_gap`, `bad_effect`,
-    /// `balance_mismatch`, `partition_mismatch`, `hold_mismatch`, `settings_mismatch`.
+    /// `balance_mismatch`, `count_mismatch`, `partition_mismatch`, `hold_mismatch`,
+    /// `settings_mismatch`.
     pub kind: &'static str,
     /// Entry id, when the problem is one entry.
     pub entry_id: Option<i64>,
@@ -172,6 +176,7 @@ fn verify_account_in_snapshot(
     let mut sums = Balances::default();
     let mut parts: BTreeMap<String, (i64, i64)> = BTreeMap::new();
     let mut tallies: HashMap<i64, HoldTally> = HashMap::new();
+    let mut counts = ChargeCounts::default();
     let mut after = 0i64;
     loop {
         let page: Vec<JournalRow> = journal::table
@@ -242,6 +247,7 @@ fn verify_account_in_snapshot(
                             ),
                         );
                     }
+                    counts.add(kind, &e.flags);
                     if let Err(err) = e.effect().check(kind, amount) {
                         found("bad_effect", Some(e.id), None, err.to_string());
                     }
@@ -363,6 +369,25 @@ fn verify_account_in_snapshot(
                 None,
                 None,
                 format!("{what}: journal sums to ${journal_sum}, account says ${cache}"),
+            );
+        }
+    }
+    let cached_counts = acct.charge_counts();
+    for (what, journal_count, cache) in [
+        ("charges", counts.charges, cached_counts.charges),
+        ("overrun charges", counts.overruns, cached_counts.overruns),
+        (
+            "unmatched charges",
+            counts.unmatched,
+            cached_counts.unmatched,
+        ),
+    ] {
+        if journal_count != cache {
+            found(
+                "count_mismatch",
+                None,
+                None,
+                format!("{what}: the journal has {journal_count}, the account says {cache}"),
             );
         }
     }

@@ -436,6 +436,9 @@ fn stage(
             parts.add(part, p.effect)?;
         }
     }
+    let mut counts = acct.charge_counts();
+    counts.add(p.kind, p.flags);
+    acct.set_charge_counts(counts);
     acct.entry_count = seq;
     acct.chain_head = hash;
     acct.credited_micros = balances.credited.micros();
@@ -464,6 +467,9 @@ const UPDATE_ACCOUNT_BALANCES: &[&str] = &[
     ", entry_count = ",
     ", chain_head = ",
     ", updated_at = ",
+    ", charge_count = ",
+    ", overrun_count = ",
+    ", unmatched_count = ",
     " WHERE id = ",
     "",
 ];
@@ -563,6 +569,9 @@ fn save_account(
             bind::<BigInt, _>(acct.entry_count),
             bind::<Text, _>(&acct.chain_head),
             bind::<Timestamp, _>(to_naive(ctx.recorded_at)),
+            bind::<BigInt, _>(acct.charge_count),
+            bind::<BigInt, _>(acct.overrun_count),
+            bind::<BigInt, _>(acct.unmatched_count),
             bind::<BigInt, _>(acct.id),
         )
     )
@@ -882,7 +891,9 @@ pub fn close_account(
         }
         let open: Vec<i64> = holds::table
             .filter(holds::account_id.eq(acct.id))
-            .filter(holds::state.eq(HoldState::Open.as_str()))
+            .filter(diesel::dsl::sql::<diesel::sql_types::Bool>(
+                super::queries::OPEN_HOLD_SQL,
+            ))
             .select(holds::id)
             .order(holds::id)
             .limit(10)

@@ -29,9 +29,52 @@ pub struct AccountRow {
     pub(crate) settings_head: String,
     pub(crate) created_at: NaiveDateTime,
     pub(crate) updated_at: NaiveDateTime,
+    /// Cached count of the account's charge entries (all, flagged `overrun`, flagged
+    /// `unmatched`); `asbb audit verify` recounts them.
+    pub(crate) charge_count: i64,
+    pub(crate) overrun_count: i64,
+    pub(crate) unmatched_count: i64,
+}
+
+/// How many charge entries an account has: all of them, and those flagged `overrun` or
+/// `unmatched` (cached on the account row, recounted by `asbb audit verify`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct ChargeCounts {
+    pub charges: i64,
+    pub overruns: i64,
+    pub unmatched: i64,
+}
+
+impl ChargeCounts {
+    /// Counts one entry (entries other than charges count nothing).
+    pub(crate) fn add(&mut self, kind: EntryKind, flags: &str) {
+        if kind != EntryKind::Charge {
+            return;
+        }
+        self.charges += 1;
+        match flags {
+            "overrun" => self.overruns += 1,
+            "unmatched" => self.unmatched += 1,
+            _ => {}
+        }
+    }
 }
 
 impl AccountRow {
+    pub(crate) fn charge_counts(&self) -> ChargeCounts {
+        ChargeCounts {
+            charges: self.charge_count,
+            overruns: self.overrun_count,
+            unmatched: self.unmatched_count,
+        }
+    }
+
+    pub(crate) fn set_charge_counts(&mut self, c: ChargeCounts) {
+        self.charge_count = c.charges;
+        self.overrun_count = c.overruns;
+        self.unmatched_count = c.unmatched;
+    }
+
     pub(crate) fn balances(&self) -> Balances {
         Balances {
             credited: UsdMicros::from_stored(self.credited_micros),

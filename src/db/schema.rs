@@ -20,6 +20,9 @@ diesel::table! {
         settings_head -> Text,
         created_at -> Timestamp,
         updated_at -> Timestamp,
+        charge_count -> BigInt,
+        overrun_count -> BigInt,
+        unmatched_count -> BigInt,
     }
 }
 
