@@ -497,10 +497,16 @@ fn server_info(conn: &mut DbConn) -> Result<Value> {
 
 /// After prefilling: a WAL checkpoint on SQLite; `VACUUM ANALYZE` on PostgreSQL (the steady
 /// state autovacuum reaches on a live server, done now so it does not run mid-measurement).
-fn settle_db(conn: &mut DbConn) -> Result<()> {
+/// Checkpoints (SQLite) or vacuums (PostgreSQL) a ledger before it is measured, and writes a
+/// SQLite file out to the disk: otherwise the kernel writes back the hundreds of MB a prefill
+/// (or a copy) left in the page cache during the rounds, and slows their fsyncs at random.
+fn settle_db(conn: &mut DbConn, db: &BenchDb) -> Result<()> {
     match conn {
         DbConn::Sqlite(c) => c.batch_execute("PRAGMA wal_checkpoint(TRUNCATE)")?,
         DbConn::Postgres(c) => c.batch_execute("VACUUM ANALYZE")?,
+    }
+    if let Some(path) = db.sqlite_path() {
+        std::fs::File::open(path)?.sync_all()?;
     }
     Ok(())
 }
@@ -1142,7 +1148,7 @@ fn bench_backend(p: &Params, backend: Backend) -> Result<Value> {
         (conn, info, accounts, accounts_time, pre, entries)
     };
     let t = Instant::now();
-    settle_db(&mut conn)?;
+    settle_db(&mut conn, &full_db)?;
     let settle_time = t.elapsed();
     let full_size = db_size(&mut conn, &full_db)?;
     drop(conn);
@@ -1152,7 +1158,7 @@ fn bench_backend(p: &Params, backend: Backend) -> Result<Value> {
     let t = Instant::now();
     create_accounts(&mut conn, p.accounts)?;
     let empty_accounts_time = t.elapsed();
-    settle_db(&mut conn)?;
+    settle_db(&mut conn, &empty_db)?;
     drop(conn);
 
     println!(

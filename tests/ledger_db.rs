@@ -1652,6 +1652,63 @@ db_test!(audit_detects_a_changed_hold, |db| {
     assert_eq!(audit_kinds(&mut conn), ["partition_mismatch"]);
 });
 
+// The audit finds an account's holds through its journal entries: a hold row moved to another
+// account, and one that no entry links, are both reported.
+db_test!(audit_detects_a_moved_or_unlinked_hold, |db| {
+    let mut conn = db.conn();
+    mixed_workload(&mut conn);
+    let open = queries::holds(&mut conn, Some("alpha"), Some(HoldState::Open), None).unwrap();
+    let h = open[0].id;
+    conn.batch_execute(&format!(
+        "UPDATE holds SET account_id = (SELECT id FROM accounts WHERE name = 'beta') WHERE id = {h}"
+    ))
+    .unwrap();
+    let report = audit::verify(&mut conn, None, &mut |_| {}).unwrap();
+    let found: Vec<_> = report
+        .discrepancies
+        .iter()
+        .map(|d| (d.account.as_str(), d.kind, d.hold_id))
+        .collect();
+    assert_eq!(
+        found,
+        [("alpha", "hold_mismatch", Some(h))],
+        "{:#?}",
+        report.discrepancies
+    );
+    conn.batch_execute(&format!(
+        "UPDATE holds SET account_id = (SELECT id FROM accounts WHERE name = 'alpha') WHERE id = {h}"
+    ))
+    .unwrap();
+    assert_audit_clean(&mut conn);
+
+    // A hold row written past the ledger: no entry links it.
+    conn.batch_execute(&format!(
+        "INSERT INTO holds (account_id, partition, cluster, job_id, user_name, estimate_micros, buffer, \
+         amount_micros, remaining_micros, charged_micros, state, flags, expires_at, created_at, \
+         idempotency_key, tasks) \
+         SELECT account_id, partition, cluster, job_id, user_name, estimate_micros, buffer, \
+         amount_micros, remaining_micros, charged_micros, state, flags, expires_at, created_at, \
+         'forged', tasks FROM holds WHERE id = {h}"
+    ))
+    .unwrap();
+    for only in [None, Some("alpha")] {
+        let report = audit::verify(&mut conn, only, &mut |_| {}).unwrap();
+        let found: Vec<_> = report
+            .discrepancies
+            .iter()
+            .map(|d| (d.account.as_str(), d.kind, d.detail.contains("found none")))
+            .collect();
+        assert_eq!(
+            found,
+            [("alpha", "hold_mismatch", true)],
+            "{:#?}",
+            report.discrepancies
+        );
+    }
+    let report = audit::verify(&mut conn, Some("beta"), &mut |_| {}).unwrap();
+    assert!(report.is_clean(), "{:#?}", report.discrepancies);
+});
+
 db_test!(audit_detects_a_deleted_entry, |db| {
     let mut conn = db.conn();
     mixed_workload(&mut conn);

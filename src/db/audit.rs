@@ -121,10 +121,50 @@ pub fn verify(
         return Err(LedgerError::UnknownAccount(name.to_string()));
     }
     let mut report = AuditReport::default();
-    for id in ids {
-        verify_account(conn, id, &mut report, progress)?;
+    for id in &ids {
+        verify_account(conn, *id, &mut report, progress)?;
     }
+    unlinked_holds(conn, only.map(|_| ids[0]), &mut report)?;
     Ok(report)
+}
+
+/// Holds looked up per query by id.
+const HOLDS_PER_QUERY: usize = 500;
+
+/// Hold rows that no journal entry links (a hold is placed together with its hold entry, so
+/// such a row was written past the ledger), of one account or of all.
+fn unlinked_holds(
+    conn: &mut DbConn,
+    account: Option<i64>,
+    report: &mut AuditReport,
+) -> Result<(), LedgerError> {
+    let linked = journal::table
+        .filter(journal::hold_id.eq(holds::id.nullable()))
+        .select(journal::id);
+    let mut q = holds::table
+        .inner_join(accounts::table)
+        .filter(diesel::dsl::not(diesel::dsl::exists(linked)))
+        .order(holds::id)
+        .select((holds::id, holds::amount_micros, accounts::name))
+        .into_boxed();
+    if let Some(a) = account {
+        q = q.filter(holds::account_id.eq(a));
+    }
+    let rows: Vec<(i64, i64, String)> = q.load(conn)?;
+    for (hold_id, amount, name) in rows {
+        report.holds += 1;
+        report.discrepancies.push(Discrepancy {
+            account: name,
+            kind: "hold_mismatch",
+            entry_id: None,
+            hold_id: Some(hold_id),
+            detail: format!(
+                "hold-{hold_id}: expected one hold entry of ${}, found none",
+                UsdMicros::from_stored(amount)
+            ),
+        });
+    }
+    Ok(())
 }
 
 fn verify_account(
@@ -426,10 +466,34 @@ fn verify_account_in_snapshot(
             );
         }
     }
-    let hold_rows: Vec<HoldRow> = holds::table
-        .filter(holds::account_id.eq(id))
-        .select(HoldRow::as_select())
-        .load(conn)?;
+    // The account's holds are those its entries link (every hold has its hold entry; a hold
+    // row that no entry links is found by `unlinked_holds`).
+    let mut linked: Vec<i64> = tallies.keys().copied().collect();
+    linked.sort_unstable();
+    let mut hold_rows: Vec<HoldRow> = Vec::with_capacity(linked.len());
+    for chunk in linked.chunks(HOLDS_PER_QUERY) {
+        let rows: Vec<(i64, HoldRow)> = holds::table
+            .filter(holds::id.eq_any(chunk))
+            .order(holds::id)
+            .select((holds::account_id, HoldRow::as_select()))
+            .load(conn)?;
+        for (owner, h) in rows {
+            if owner == id {
+                hold_rows.push(h);
+            } else {
+                tallies.remove(&h.id);
+                found(
+                    "hold_mismatch",
+                    None,
+                    Some(h.id),
+                    format!(
+                        "entries of this account link hold-{}, which belongs to account id {owner}",
+                        h.id
+                    ),
+                );
+            }
+        }
+    }
     for h in &hold_rows {
         report.holds += 1;
         let t = tallies.remove(&h.id).unwrap_or_default();
@@ -513,7 +577,7 @@ fn verify_account_in_snapshot(
             "hold_mismatch",
             None,
             Some(hold_id),
-            format!("entries link hold-{hold_id}, which is not a hold of this account"),
+            format!("entries link hold-{hold_id}, which does not exist"),
         );
     }
     Ok(())

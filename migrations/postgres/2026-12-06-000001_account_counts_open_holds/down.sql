@@ -1,5 +1,4 @@
 DROP INDEX holds_account_open;
-DROP INDEX holds_account;
 CREATE INDEX holds_account_state ON holds (account_id, state);
 CREATE INDEX journal_account_charges ON journal (account_id, flags) WHERE kind = 'charge';
 ALTER TABLE accounts DROP COLUMN unmatched_count;
