@@ -704,6 +704,14 @@ fn write_loop(shared: &Shared, rx: &std::sync::Mutex<mpsc::Receiver<Job>>) {
         // lock them in the same order.
         batch.sort_by(|a, b| a.req.account.cmp(&b.req.account));
         write_batch(shared, &mut conn, batch);
+        if let Some(c) = conn.as_mut() {
+            // The next batch waits meanwhile, but only when the checkpointer could not restart
+            // a long WAL because this writer never paused.
+            if let Err(e) = db::checkpoint::between_transactions(c) {
+                tracing::warn!("restarting the WAL failed: {e}");
+                conn = None;
+            }
+        }
     }
 }
 

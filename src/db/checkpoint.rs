@@ -12,13 +12,19 @@
 //!
 //! A writer that never pauses leaves the WAL no moment to start over from its beginning (that
 //! needs every frame copied back before the next write). Once the WAL is longer than the usual
-//! length, the checkpointer follows its passive pass with a restart, which waits for the write
-//! in hand and holds new writers up only while it copies what was committed in between.
+//! length, the checkpointer follows its passive pass with a restart, which waits briefly
+//! ([`RESTART_WAIT`]) for the write in hand and holds new writers up only while it copies what
+//! was committed in between. A restart holds the checkpoint lock while it waits, so it must not
+//! wait long: while it did (up to the busy timeout), nothing was copied back and a batch that
+//! commits back to back (`asbb reconcile`) grew the WAL past a gigabyte. When the writer does
+//! not pause, the checkpointer asks it instead: the batch loops call [`between_transactions`]
+//! after each commit, and there the writer restarts the WAL itself, with no write in its way.
 //!
 //! On PostgreSQL there is nothing to do: [`Checkpointer::start`] returns `None`.
 
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -32,6 +38,107 @@ pub const INTERVAL: Duration = Duration::from_millis(250);
 /// The WAL length, in pages, at which a writer working beside a checkpointer checkpoints by
 /// itself after all.
 pub const WRITER_FALLBACK_PAGES: i64 = 10 * WAL_AUTOCHECKPOINT_PAGES;
+
+/// How long the checkpointer's restart of a long WAL waits for the writer in hand before it
+/// leaves the restart to the writer ([`between_transactions`]).
+pub const RESTART_WAIT: Duration = Duration::from_millis(10);
+
+/// The WAL length, in pages, past which the checkpointer that could not restart the WAL asks
+/// the writer to ([`between_transactions`]).
+pub const WRITER_RESTART_PAGES: i64 = 3 * WAL_AUTOCHECKPOINT_PAGES;
+
+/// How long a writer's restart in [`between_transactions`] waits for readers of the WAL.
+const WRITER_RESTART_WAIT: Duration = Duration::from_millis(100);
+
+/// The database files whose checkpointer found the WAL long and the writer never pausing: their
+/// writers restart the WAL in [`between_transactions`].
+static RESTART_WANTED: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+/// Whether `RESTART_WANTED` is not empty (read without the lock after every commit).
+static ANY_RESTART_WANTED: AtomicBool = AtomicBool::new(false);
+
+fn want_restart(file: &Path, wanted: bool) {
+    let Ok(mut list) = RESTART_WANTED.lock() else {
+        return;
+    };
+    list.retain(|f| f != file);
+    if wanted {
+        list.push(file.to_path_buf());
+    }
+    ANY_RESTART_WANTED.store(!list.is_empty(), Ordering::Release);
+}
+
+fn take_restart(file: &Path) -> bool {
+    let Ok(mut list) = RESTART_WANTED.lock() else {
+        return false;
+    };
+    let before = list.len();
+    list.retain(|f| f != file);
+    ANY_RESTART_WANTED.store(!list.is_empty(), Ordering::Release);
+    list.len() != before
+}
+
+/// The file behind a SQLite connection's main database, as the checkpointer names it.
+fn database_file(c: &mut diesel::SqliteConnection) -> Result<PathBuf, diesel::result::Error> {
+    #[derive(diesel::QueryableByName)]
+    struct Db {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        name: String,
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        file: String,
+    }
+    let dbs: Vec<Db> = diesel::RunQueryDsl::load(diesel::sql_query("PRAGMA database_list"), c)?;
+    let file = dbs
+        .into_iter()
+        .find(|d| d.name == "main")
+        .map(|d| PathBuf::from(d.file))
+        .unwrap_or_default();
+    Ok(std::fs::canonicalize(&file).unwrap_or(file))
+}
+
+fn set_busy_timeout(
+    c: &mut diesel::SqliteConnection,
+    wait: Duration,
+) -> Result<(), diesel::result::Error> {
+    c.batch_execute(&format!("PRAGMA busy_timeout = {}", wait.as_millis()))
+}
+
+/// For a writer's batch loop, between two of its transactions: when the checkpointer could not
+/// restart a long WAL because this writer never paused, restarts it here, where no write is in
+/// the way (copying back only what was committed since the checkpointer's last pass, and
+/// waiting at most a tenth of a second for readers). Otherwise (and on PostgreSQL) nothing; the
+/// check costs an atomic load.
+pub fn between_transactions(conn: &mut DbConn) -> Result<(), diesel::result::Error> {
+    let DbConn::Sqlite(c) = conn else {
+        return Ok(());
+    };
+    if !ANY_RESTART_WANTED.load(Ordering::Acquire) {
+        return Ok(());
+    }
+    let file = database_file(c)?;
+    if !take_restart(&file) {
+        return Ok(());
+    }
+    #[derive(diesel::QueryableByName)]
+    struct Timeout {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        timeout: i64,
+    }
+    let before: Timeout =
+        diesel::RunQueryDsl::get_result(diesel::sql_query("PRAGMA busy_timeout"), c)?;
+    set_busy_timeout(c, WRITER_RESTART_WAIT)?;
+    let r = wal_checkpoint(conn, CheckpointMode::Restart);
+    if let DbConn::Sqlite(c) = conn {
+        set_busy_timeout(
+            c,
+            Duration::from_millis(u64::try_from(before.timeout).unwrap_or(0)),
+        )?;
+    }
+    if r?.is_some_and(|s| s.busy) {
+        // A reader was still in the WAL: ask again after the next transaction.
+        want_restart(&file, true);
+    }
+    Ok(())
+}
 
 /// How [`wal_checkpoint`] copies the WAL back into the SQLite database file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -208,6 +315,22 @@ fn run(
     }
 }
 
+/// A restart that waits at most [`RESTART_WAIT`] for the writer in hand.
+fn restart_briefly(
+    conn: &mut DbConn,
+    opts: &ConnectOptions,
+) -> Result<Option<WalState>, diesel::result::Error> {
+    let DbConn::Sqlite(c) = conn else {
+        return Ok(None);
+    };
+    set_busy_timeout(c, RESTART_WAIT)?;
+    let r = wal_checkpoint(conn, CheckpointMode::Restart);
+    if let DbConn::Sqlite(c) = conn {
+        set_busy_timeout(c, opts.busy_timeout)?;
+    }
+    r
+}
+
 fn pass(
     url: &DbUrl,
     opts: &ConnectOptions,
@@ -223,8 +346,21 @@ fn pass(
     let r = wal_checkpoint(c, CheckpointMode::Passive).and_then(|state| match state {
         Some(s) if s.frames >= WAL_AUTOCHECKPOINT_PAGES => {
             stats.checkpoints.fetch_add(1, Ordering::Relaxed);
-            let again = wal_checkpoint(c, CheckpointMode::Restart)?;
-            stats.restarts.fetch_add(1, Ordering::Relaxed);
+            let again = restart_briefly(c, opts)?;
+            match (again, url) {
+                (Some(a), DbUrl::Sqlite(file)) if a.busy => {
+                    // The writer did not pause. Past a few times the usual length it restarts
+                    // the WAL between its transactions (copying back what was committed since
+                    // this pass, which costs it time; hence not at once).
+                    if a.frames >= WRITER_RESTART_PAGES {
+                        let file = std::fs::canonicalize(file).unwrap_or_else(|_| file.clone());
+                        want_restart(&file, true);
+                    }
+                }
+                _ => {
+                    stats.restarts.fetch_add(1, Ordering::Relaxed);
+                }
+            }
             Ok(again.or(state))
         }
         other => Ok(other),
@@ -247,6 +383,44 @@ fn pass(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // A writer that commits back to back, 100,000 pages in all, calling between_transactions
+    // after each commit as the batch loops do: the WAL starts over well before it reaches the
+    // length at which the writer would checkpoint by itself, although the checkpointer never
+    // finds the writer pausing for a restart of its own.
+    #[test]
+    fn a_writer_that_never_pauses_restarts_the_wal_when_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("t.db");
+        let url = DbUrl::Sqlite(file.clone());
+        let opts = ConnectOptions::default();
+        let mut w = connect(&url, &opts, Create::Allow).unwrap();
+        w.batch_execute("CREATE TABLE t (x BLOB)").unwrap();
+        let c = Checkpointer::start(&url, &opts, Duration::from_millis(20))
+            .unwrap()
+            .expect("a checkpointer for SQLite");
+        c.relieve(&mut w).unwrap();
+        let wal = dir.path().join("t.db-wal");
+        let mut longest = 0;
+        // Long transactions with short gaps, as a reconcile's batches.
+        for _ in 0..100 {
+            w.batch_execute(
+                "BEGIN IMMEDIATE; \
+                 WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 1000) \
+                 INSERT INTO t SELECT randomblob(4000) FROM n; COMMIT;",
+            )
+            .unwrap();
+            between_transactions(&mut w).unwrap();
+            // The WAL file never shrinks: its length is the longest the WAL has been.
+            longest = std::fs::metadata(&wal).map_or(0, |m| m.len());
+        }
+        c.finish();
+        let frames = (longest / 4120) as i64;
+        assert!(
+            frames < 2 * WRITER_RESTART_PAGES,
+            "the WAL grew to {frames} frames"
+        );
+    }
 
     // A writer that commits without pause, 12,000 pages in all: more than the length at which
     // it would have checkpointed by itself. The checkpointer copies the WAL back and, once it

@@ -172,6 +172,7 @@ pub fn reconcile(
             }
             Ok::<_, LedgerError>((out, false))
         })?;
+        super::checkpoint::between_transactions(conn)?;
         report.batches += 1;
         report.booked_together += u64::from(together);
         for o in done {

@@ -403,6 +403,7 @@ impl Intake {
             let out = record_batch(conn, now, &items)?;
             Ok::<_, LedgerError>(out)
         })?;
+        crate::db::checkpoint::between_transactions(conn).map_err(LedgerError::from)?;
         report.batches += 1;
         // Committed: now move. A crash from here on leaves files the next scan recognises.
         for (p, r) in batch.iter().zip(recorded) {
