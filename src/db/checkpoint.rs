@@ -384,15 +384,11 @@ fn pass(
 mod tests {
     use super::*;
 
-    // A writer that commits back to back, 100,000 pages in all, calling between_transactions
-    // after each commit as the batch loops do: the WAL starts over well before it reaches the
-    // length at which the writer would checkpoint by itself, although the checkpointer never
-    // finds the writer pausing for a restart of its own.
-    #[test]
-    fn a_writer_that_never_pauses_restarts_the_wal_when_asked() {
+    /// A SQLite ledger with a table `t` in a temporary directory, a writer connection and a
+    /// checkpointer looking every 20 ms.
+    fn writer_beside_a_checkpointer() -> (tempfile::TempDir, DbConn, Checkpointer) {
         let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("t.db");
-        let url = DbUrl::Sqlite(file.clone());
+        let url = DbUrl::Sqlite(dir.path().join("t.db"));
         let opts = ConnectOptions::default();
         let mut w = connect(&url, &opts, Create::Allow).unwrap();
         w.batch_execute("CREATE TABLE t (x BLOB)").unwrap();
@@ -400,16 +396,31 @@ mod tests {
             .unwrap()
             .expect("a checkpointer for SQLite");
         c.relieve(&mut w).unwrap();
+        (dir, w, c)
+    }
+
+    /// One transaction that writes about `pages` pages.
+    fn commit_pages(w: &mut DbConn, pages: u32) {
+        w.batch_execute(&format!(
+            "BEGIN IMMEDIATE; \
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {pages}) \
+             INSERT INTO t SELECT randomblob(4000) FROM n; COMMIT;"
+        ))
+        .unwrap();
+    }
+
+    // A writer that commits back to back, 100,000 pages in all, calling between_transactions
+    // after each commit as the batch loops do: the WAL starts over well before it reaches the
+    // length at which the writer would checkpoint by itself, although the checkpointer never
+    // finds the writer pausing for a restart of its own.
+    #[test]
+    fn a_writer_that_never_pauses_restarts_the_wal_when_asked() {
+        let (dir, mut w, c) = writer_beside_a_checkpointer();
         let wal = dir.path().join("t.db-wal");
         let mut longest = 0;
         // Long transactions with short gaps, as a reconcile's batches.
         for _ in 0..100 {
-            w.batch_execute(
-                "BEGIN IMMEDIATE; \
-                 WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 1000) \
-                 INSERT INTO t SELECT randomblob(4000) FROM n; COMMIT;",
-            )
-            .unwrap();
+            commit_pages(&mut w, 1000);
             between_transactions(&mut w).unwrap();
             // The WAL file never shrinks: its length is the longest the WAL has been.
             longest = std::fs::metadata(&wal).map_or(0, |m| m.len());
@@ -427,23 +438,11 @@ mod tests {
     // is long, makes it start over; the writer never checkpoints.
     #[test]
     fn a_busy_writer_leaves_checkpoints_and_restarts_to_the_checkpointer() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = DbUrl::Sqlite(dir.path().join("t.db"));
+        let (dir, mut w, c) = writer_beside_a_checkpointer();
         let opts = ConnectOptions::default();
-        let mut w = connect(&url, &opts, Create::Allow).unwrap();
-        w.batch_execute("CREATE TABLE t (x BLOB)").unwrap();
-        let c = Checkpointer::start(&url, &opts, Duration::from_millis(20))
-            .unwrap()
-            .expect("a checkpointer for SQLite");
-        c.relieve(&mut w).unwrap();
         let stats = c.stats();
         for _ in 0..120 {
-            w.batch_execute(
-                "BEGIN IMMEDIATE; \
-                 WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 100) \
-                 INSERT INTO t SELECT randomblob(4000) FROM n; COMMIT;",
-            )
-            .unwrap();
+            commit_pages(&mut w, 100);
         }
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         while stats.restarts.load(Ordering::Relaxed) == 0 && std::time::Instant::now() < deadline {
