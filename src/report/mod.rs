@@ -8,7 +8,7 @@
 //! - **Rules**: money is summed exactly in micro-dollars and printed with two decimals,
 //!   rounded half away from zero ([`ROUNDING_RULE`], [`TOTALS_RULE`]); text cells are
 //!   neutralised against formula injection ([`NEUTRALISING_RULE`]); files are written
-//!   atomically ([`write`]); the same ledger and the same request give byte-identical files
+//!   atomically ([`write`](mod@write)); the same ledger and the same request give byte-identical files
 //!   (no clock reading goes into a report file, only into the manifest).
 //! - **Bounded memory**: the journal is read in pages and every CSV and JSON row is written
 //!   as it comes; HTML pages (meant for people) show at most [`HTML_ROWS_MAX`] rows.
