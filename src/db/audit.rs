@@ -412,7 +412,7 @@ fn verify_account_in_snapshot(
             );
         }
     }
-    let cached_counts = acct.charge_counts();
+    let cached_counts = acct.counts;
     for (what, journal_count, cache) in [
         ("charges", counts.charges, cached_counts.charges),
         ("overrun charges", counts.overruns, cached_counts.overruns),

@@ -56,15 +56,14 @@ static RESTART_WANTED: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 /// Whether `RESTART_WANTED` is not empty (read without the lock after every commit).
 static ANY_RESTART_WANTED: AtomicBool = AtomicBool::new(false);
 
-fn want_restart(file: &Path, wanted: bool) {
+fn want_restart(file: &Path) {
     let Ok(mut list) = RESTART_WANTED.lock() else {
         return;
     };
-    list.retain(|f| f != file);
-    if wanted {
+    if !list.iter().any(|f| f == file) {
         list.push(file.to_path_buf());
     }
-    ANY_RESTART_WANTED.store(!list.is_empty(), Ordering::Release);
+    ANY_RESTART_WANTED.store(true, Ordering::Release);
 }
 
 fn take_restart(file: &Path) -> bool {
@@ -95,11 +94,28 @@ fn database_file(c: &mut diesel::SqliteConnection) -> Result<PathBuf, diesel::re
     Ok(std::fs::canonicalize(&file).unwrap_or(file))
 }
 
-fn set_busy_timeout(
-    c: &mut diesel::SqliteConnection,
+/// A restart of the WAL that waits at most `wait` for whoever is in its way, under the
+/// connection's own busy timeout again afterwards. `None` on PostgreSQL.
+fn restart_waiting_at_most(
+    conn: &mut DbConn,
     wait: Duration,
-) -> Result<(), diesel::result::Error> {
-    c.batch_execute(&format!("PRAGMA busy_timeout = {}", wait.as_millis()))
+) -> Result<Option<WalState>, diesel::result::Error> {
+    #[derive(diesel::QueryableByName)]
+    struct Timeout {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        timeout: i64,
+    }
+    let DbConn::Sqlite(c) = conn else {
+        return Ok(None);
+    };
+    let own: Timeout =
+        diesel::RunQueryDsl::get_result(diesel::sql_query("PRAGMA busy_timeout"), c)?;
+    c.batch_execute(&format!("PRAGMA busy_timeout = {}", wait.as_millis()))?;
+    let r = wal_checkpoint(conn, CheckpointMode::Restart);
+    if let DbConn::Sqlite(c) = conn {
+        c.batch_execute(&format!("PRAGMA busy_timeout = {}", own.timeout))?;
+    }
+    r
 }
 
 /// For a writer's batch loop, between two of its transactions: when the checkpointer could not
@@ -118,24 +134,9 @@ pub fn between_transactions(conn: &mut DbConn) -> Result<(), diesel::result::Err
     if !take_restart(&file) {
         return Ok(());
     }
-    #[derive(diesel::QueryableByName)]
-    struct Timeout {
-        #[diesel(sql_type = diesel::sql_types::BigInt)]
-        timeout: i64,
-    }
-    let before: Timeout =
-        diesel::RunQueryDsl::get_result(diesel::sql_query("PRAGMA busy_timeout"), c)?;
-    set_busy_timeout(c, WRITER_RESTART_WAIT)?;
-    let r = wal_checkpoint(conn, CheckpointMode::Restart);
-    if let DbConn::Sqlite(c) = conn {
-        set_busy_timeout(
-            c,
-            Duration::from_millis(u64::try_from(before.timeout).unwrap_or(0)),
-        )?;
-    }
-    if r?.is_some_and(|s| s.busy) {
+    if restart_waiting_at_most(conn, WRITER_RESTART_WAIT)?.is_some_and(|s| s.busy) {
         // A reader was still in the WAL: ask again after the next transaction.
-        want_restart(&file, true);
+        want_restart(&file);
     }
     Ok(())
 }
@@ -315,22 +316,6 @@ fn run(
     }
 }
 
-/// A restart that waits at most [`RESTART_WAIT`] for the writer in hand.
-fn restart_briefly(
-    conn: &mut DbConn,
-    opts: &ConnectOptions,
-) -> Result<Option<WalState>, diesel::result::Error> {
-    let DbConn::Sqlite(c) = conn else {
-        return Ok(None);
-    };
-    set_busy_timeout(c, RESTART_WAIT)?;
-    let r = wal_checkpoint(conn, CheckpointMode::Restart);
-    if let DbConn::Sqlite(c) = conn {
-        set_busy_timeout(c, opts.busy_timeout)?;
-    }
-    r
-}
-
 fn pass(
     url: &DbUrl,
     opts: &ConnectOptions,
@@ -346,7 +331,7 @@ fn pass(
     let r = wal_checkpoint(c, CheckpointMode::Passive).and_then(|state| match state {
         Some(s) if s.frames >= WAL_AUTOCHECKPOINT_PAGES => {
             stats.checkpoints.fetch_add(1, Ordering::Relaxed);
-            let again = restart_briefly(c, opts)?;
+            let again = restart_waiting_at_most(c, RESTART_WAIT)?;
             match (again, url) {
                 (Some(a), DbUrl::Sqlite(file)) if a.busy => {
                     // The writer did not pause. Past a few times the usual length it restarts
@@ -354,7 +339,7 @@ fn pass(
                     // this pass, which costs it time; hence not at once).
                     if a.frames >= WRITER_RESTART_PAGES {
                         let file = std::fs::canonicalize(file).unwrap_or_else(|_| file.clone());
-                        want_restart(&file, true);
+                        want_restart(&file);
                     }
                 }
                 _ => {

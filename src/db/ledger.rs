@@ -436,9 +436,7 @@ fn stage(
             parts.add(part, p.effect)?;
         }
     }
-    let mut counts = acct.charge_counts();
-    counts.add(p.kind, p.flags);
-    acct.set_charge_counts(counts);
+    acct.counts.add(p.kind, p.flags);
     acct.entry_count = seq;
     acct.chain_head = hash;
     acct.credited_micros = balances.credited.micros();
@@ -569,9 +567,9 @@ fn save_account(
             bind::<BigInt, _>(acct.entry_count),
             bind::<Text, _>(&acct.chain_head),
             bind::<Timestamp, _>(to_naive(ctx.recorded_at)),
-            bind::<BigInt, _>(acct.charge_count),
-            bind::<BigInt, _>(acct.overrun_count),
-            bind::<BigInt, _>(acct.unmatched_count),
+            bind::<BigInt, _>(acct.counts.charges),
+            bind::<BigInt, _>(acct.counts.overruns),
+            bind::<BigInt, _>(acct.counts.unmatched),
             bind::<BigInt, _>(acct.id),
         )
     )

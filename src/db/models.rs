@@ -29,20 +29,22 @@ pub struct AccountRow {
     pub(crate) settings_head: String,
     pub(crate) created_at: NaiveDateTime,
     pub(crate) updated_at: NaiveDateTime,
-    /// Cached count of the account's charge entries (all, flagged `overrun`, flagged
-    /// `unmatched`); `asbb audit verify` recounts them.
-    pub(crate) charge_count: i64,
-    pub(crate) overrun_count: i64,
-    pub(crate) unmatched_count: i64,
+    /// The cached counts of the account's charge entries; `asbb audit verify` recounts them.
+    #[diesel(embed)]
+    pub(crate) counts: ChargeCounts,
 }
 
 /// How many charge entries an account has: all of them, and those flagged `overrun` or
 /// `unmatched` (cached on the account row, recounted by `asbb audit verify`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct ChargeCounts {
-    pub charges: i64,
-    pub overruns: i64,
-    pub unmatched: i64,
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Queryable, Selectable)]
+#[diesel(table_name = accounts)]
+pub struct ChargeCounts {
+    #[diesel(column_name = charge_count)]
+    pub(crate) charges: i64,
+    #[diesel(column_name = overrun_count)]
+    pub(crate) overruns: i64,
+    #[diesel(column_name = unmatched_count)]
+    pub(crate) unmatched: i64,
 }
 
 impl ChargeCounts {
@@ -61,20 +63,6 @@ impl ChargeCounts {
 }
 
 impl AccountRow {
-    pub(crate) fn charge_counts(&self) -> ChargeCounts {
-        ChargeCounts {
-            charges: self.charge_count,
-            overruns: self.overrun_count,
-            unmatched: self.unmatched_count,
-        }
-    }
-
-    pub(crate) fn set_charge_counts(&mut self, c: ChargeCounts) {
-        self.charge_count = c.charges;
-        self.overrun_count = c.overruns;
-        self.unmatched_count = c.unmatched;
-    }
-
     pub(crate) fn balances(&self) -> Balances {
         Balances {
             credited: UsdMicros::from_stored(self.credited_micros),

@@ -227,7 +227,7 @@ pub fn activity(conn: &mut DbConn, name: &str) -> Result<ActivityCounts, LedgerE
         .filter(diesel::dsl::sql::<diesel::sql_types::Bool>(OPEN_HOLD_SQL))
         .count()
         .get_result(conn)?;
-    let counts = row.charge_counts();
+    let counts = row.counts;
     Ok(ActivityCounts {
         open_holds,
         charges: counts.charges,
