@@ -14,7 +14,7 @@ use asbb::domain::{
     AccountName, AccountStatus, DenyReason, EntryKind, HoldState, PartitionName, UsdMicros,
 };
 use chrono::{DateTime, Duration, TimeZone, Utc};
-use common::{Backend, TestDb};
+use common::{query_plan, Backend, TestDb};
 use diesel::connection::SimpleConnection;
 use rust_decimal::Decimal;
 
@@ -1962,42 +1962,6 @@ db_test!(batches_share_one_commit_and_isolate_failures, |db| {
     .all(|e| e.idempotency_key != "b-3"));
     assert_audit_clean(&mut conn);
 });
-
-#[derive(diesel::QueryableByName)]
-struct SqlitePlanRow {
-    #[diesel(sql_type = diesel::sql_types::Text)]
-    detail: String,
-}
-
-#[derive(diesel::QueryableByName)]
-struct PgPlanRow {
-    #[diesel(sql_type = diesel::sql_types::Text, column_name = "QUERY PLAN")]
-    line: String,
-}
-
-fn query_plan(conn: &mut DbConn, sql: &str) -> Vec<String> {
-    use diesel::RunQueryDsl;
-    match conn {
-        DbConn::Sqlite(c) => diesel::sql_query(format!("EXPLAIN QUERY PLAN {sql}"))
-            .load::<SqlitePlanRow>(c)
-            .unwrap()
-            .into_iter()
-            .map(|r| r.detail)
-            .collect(),
-        DbConn::Postgres(c) => {
-            // A tiny table is cheapest to scan whole; forbid that to see which index applies.
-            c.batch_execute("SET enable_seqscan = off").unwrap();
-            let plan = diesel::sql_query(format!("EXPLAIN {sql}"))
-                .load::<PgPlanRow>(c)
-                .unwrap()
-                .into_iter()
-                .map(|r| r.line)
-                .collect();
-            c.batch_execute("SET enable_seqscan = on").unwrap();
-            plan
-        }
-    }
-}
 
 // An account's open holds are counted (`account show`, `account close`) through the partial
 // index of open holds (see the migration account_counts_open_holds); without it they would

@@ -1082,3 +1082,89 @@ db_test!(bulk_changes_refresh_the_planner_statistics, |db| {
         assert!(analyzed, "a bulk change runs ANALYZE");
     }
 });
+
+// Runs are charged in job order, whatever order their files arrived in: jobs are submitted,
+// and their holds placed, in job-id order, so charging in that order writes neighbouring
+// pages of the holds and of the journal's indexes. The runs of one job keep their arrival
+// order (a requeued job's first run is charged first).
+db_test!(
+    reconcile_charges_in_job_order_and_each_jobs_runs_in_arrival_order,
+    |db| {
+        let mut conn = db.conn();
+        create(&mut conn, "physics", "1000");
+        let held = hold(&mut conn, "physics", "10", Some("903"), None);
+        let s = Spool::new();
+        // One file per scan, so that the arrival order is the order written here.
+        for (job, body_extra) in [
+            ("905", ""),
+            ("903", ""),
+            ("901", r#","job_state":"PREEMPTED""#),
+            ("904", ""),
+            ("901", r#","restart_count":1"#),
+            ("902", ""),
+        ] {
+            s.cost(
+                &format!("job_{job}_cost.json"),
+                &format!(r#"{{"job_id":"{job}","account":"physics","actual_cost":2{body_extra}}}"#),
+            );
+            assert_eq!(s.scan(&mut conn, NOW_GRACE).stored, 1, "job {job}");
+        }
+        let rep = reconcile_at(&mut conn, t(2, 0));
+        assert_eq!((rep.charged, rep.unmatched), (1, 5));
+        let mut charges: Vec<_> = queries::entries(&mut conn, &Default::default())
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.kind == EntryKind::Charge)
+            .collect();
+        charges.sort_by_key(|e| e.id);
+        let charged: Vec<(String, String)> = charges
+            .into_iter()
+            .map(|e| (e.job_id.unwrap_or_default(), e.idempotency_key))
+            .collect();
+        assert_eq!(
+            charged,
+            [
+                ("901", "charge:run:901#0"),
+                ("901", "charge:run:901#1"),
+                ("902", "charge:run:902#0"),
+                ("903", "charge:run:903#0"),
+                ("904", "charge:run:904#0"),
+                ("905", "charge:run:905#0"),
+            ]
+            .map(|(j, k)| (j.to_string(), k.to_string()))
+        );
+        assert_eq!(
+            queries::hold(&mut conn, held.id).unwrap().state,
+            HoldState::Charged
+        );
+        assert_clean(&mut conn);
+    }
+);
+
+// Reconcile reads the runs not yet charged as a range of `(status, job_base, id)` (migration
+// reconcile_job_order), and the runs another reconciler booked meanwhile by primary key: a
+// filter on the status there would let the planner walk every run ever charged.
+db_test!(
+    reconcile_reads_runs_by_the_status_job_index_and_booked_runs_by_key,
+    |db| {
+        let mut conn = db.conn();
+        let next = common::query_plan(
+            &mut conn,
+            "SELECT id FROM cost_records WHERE status = 'pending' AND job_base >= 5 \
+             AND (job_base > 5 OR id > 7) ORDER BY job_base, id LIMIT 500",
+        )
+        .join("\n");
+        assert!(next.contains("cost_records_status_job"), "{next}");
+        assert!(!next.to_uppercase().contains("TEMP B-TREE"), "{next}");
+        assert!(!next.contains("Sort"), "{next}");
+        let booked = common::query_plan(
+            &mut conn,
+            "SELECT id, status FROM cost_records WHERE id IN (1, 2, 3)",
+        )
+        .join("\n");
+        assert!(
+            booked.contains("PRIMARY KEY") || booked.contains("cost_records_pkey"),
+            "{booked}"
+        );
+    }
+);

@@ -133,21 +133,24 @@ pub fn reconcile(
 ) -> Result<ReconcileReport, LedgerError> {
     let mut report = ReconcileReport::default();
     let mut total = UsdMicros::ZERO;
-    let mut after = 0i64;
+    let mut after = (i64::MIN, 0i64);
     loop {
         let batch = next_batch(conn, after, job_base, policy.batch_size.max(1))?;
         let Some(last) = batch.last() else { break };
-        after = last.id;
+        after = (last.job_base, last.id);
         let (done, together) = write_transaction(conn, |conn| {
             lock_batch(conn, BatchLock::Reconcile)?;
             // Another reconciler may have booked some since we read the batch.
             let ids: Vec<i64> = batch.iter().map(|r| r.id).collect();
+            // By primary key, the status compared here: a filter on the status would let the
+            // planner walk the status index over every run ever charged.
             let booked: std::collections::HashSet<i64> = cost_records::table
                 .filter(cost_records::id.eq_any(&ids))
-                .filter(cost_records::status.eq("charged"))
-                .select(cost_records::id)
-                .load::<i64>(conn)?
+                .select((cost_records::id, cost_records::status))
+                .load::<(i64, String)>(conn)?
                 .into_iter()
+                .filter(|(_, status)| status == "charged")
+                .map(|(id, _)| id)
                 .collect();
             let todo: Vec<&CostRow> = batch.iter().filter(|r| !booked.contains(&r.id)).collect();
             if policy.batch_ledger {
@@ -208,13 +211,19 @@ pub fn reconcile(
     Ok(report)
 }
 
-/// The next `n` runs not yet charged, by id, after `after`. Pending and waiting runs are read
-/// apart, each an ordered range of the `(status, id)` index, and merged: a filter on
-/// `status <> 'charged'` walks every run ever charged, so an idle reconcile would grow with
-/// the history instead of the backlog.
+/// The next `n` runs not yet charged, in job order (`job_base`, then arrival `id`), after the
+/// run `after`. Pending and waiting runs are read apart, each an ordered range of the
+/// `(status, job_base, id)` index, and merged: a filter on `status <> 'charged'` walks every
+/// run ever charged, so an idle reconcile would grow with the history instead of the backlog.
+///
+/// Job order, not arrival order: jobs are submitted, and their holds placed, in job-id order,
+/// while the intake stores files in the order the directory lists them. Charging in job order
+/// writes the holds, the journal's keys and the job indexes at neighbouring places, so a batch
+/// shares pages instead of dirtying one per run. The runs of one job keep their arrival order
+/// (requeues, array tasks).
 fn next_batch(
     conn: &mut DbConn,
-    after: i64,
+    after: (i64, i64),
     job_base: Option<i64>,
     n: usize,
 ) -> Result<Vec<CostRow>, LedgerError> {
@@ -222,21 +231,27 @@ fn next_batch(
     for status in ["pending", "waiting"] {
         let mut q = cost_records::table
             .filter(cost_records::status.eq(status))
-            .filter(cost_records::id.gt(after))
+            // `job_base >= a` bounds the range of the index; the rest skips what was taken.
+            .filter(cost_records::job_base.ge(after.0))
+            .filter(
+                cost_records::job_base
+                    .gt(after.0)
+                    .or(cost_records::id.gt(after.1)),
+            )
             .into_boxed();
         if let Some(b) = job_base {
             q = q.filter(cost_records::job_base.eq(b));
         }
         rows.extend(
             q.select(CostRow::as_select())
-                .order(cost_records::id)
+                .order((cost_records::job_base, cost_records::id))
                 .limit(n as i64)
                 .load::<CostRow>(conn)?,
         );
     }
-    // Each list holds every run of its status up to its last id, so the `n` smallest of both
+    // Each list holds every run of its status up to its last one, so the `n` first of both
     // are the next `n` of all.
-    rows.sort_by_key(|r| r.id);
+    rows.sort_by_key(|r| (r.job_base, r.id));
     rows.truncate(n);
     Ok(rows)
 }

@@ -205,3 +205,42 @@ macro_rules! db_test {
         }
     };
 }
+
+#[derive(diesel::QueryableByName)]
+struct SqlitePlanRow {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    detail: String,
+}
+
+#[derive(diesel::QueryableByName)]
+struct PgPlanRow {
+    #[diesel(sql_type = diesel::sql_types::Text, column_name = "QUERY PLAN")]
+    line: String,
+}
+
+/// The query plan of `sql`, one line per step (SQLite's `EXPLAIN QUERY PLAN` details,
+/// PostgreSQL's `EXPLAIN` lines with sequential scans forbidden, so the index that applies
+/// shows even on a tiny table).
+pub fn query_plan(conn: &mut DbConn, sql: &str) -> Vec<String> {
+    use diesel::RunQueryDsl;
+    match conn {
+        DbConn::Sqlite(c) => diesel::sql_query(format!("EXPLAIN QUERY PLAN {sql}"))
+            .load::<SqlitePlanRow>(c)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.detail)
+            .collect(),
+        DbConn::Postgres(c) => {
+            // A tiny table is cheapest to scan whole; forbid that to see which index applies.
+            c.batch_execute("SET enable_seqscan = off").unwrap();
+            let plan = diesel::sql_query(format!("EXPLAIN {sql}"))
+                .load::<PgPlanRow>(c)
+                .unwrap()
+                .into_iter()
+                .map(|r| r.line)
+                .collect();
+            c.batch_execute("SET enable_seqscan = on").unwrap();
+            plan
+        }
+    }
+}
