@@ -1168,3 +1168,30 @@ db_test!(
         );
     }
 );
+
+// One scan stores a backlog in name order, which is job order, whatever order the directory
+// lists it in: the records' ids and index entries then follow the jobs (see
+// `intake::SORT_WINDOW`). Batches of three here, so the order holds across transactions.
+db_test!(a_backlog_is_stored_in_name_order, |db| {
+    use diesel::prelude::*;
+    let mut conn = db.conn();
+    let s = Spool::new();
+    let jobs = [
+        "1017", "1003", "1011", "1005", "1019", "1001", "1013", "1007", "1015", "1009",
+    ];
+    for job in jobs {
+        s.cost(
+            &format!("job_{job}_cost.json"),
+            &format!(r#"{{"job_id":"{job}","account":"physics","actual_cost":1}}"#),
+        );
+    }
+    assert_eq!(s.scan(&mut conn, NOW_GRACE).stored, jobs.len() as u64);
+    let stored: Vec<String> = asbb::db::schema::cost_records::table
+        .order(asbb::db::schema::cost_records::id)
+        .select(asbb::db::schema::cost_records::job_id)
+        .load(&mut conn)
+        .unwrap();
+    let mut sorted = jobs.map(str::to_string).to_vec();
+    sorted.sort();
+    assert_eq!(stored, sorted);
+});
