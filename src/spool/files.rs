@@ -304,24 +304,56 @@ pub struct ErrorSidecar<'a> {
 
 /// Moves `path` into `dir/<sub>/`, creating it, never overwriting: a name already taken gets
 /// a suffix from `tag`. Returns the new path.
+///
+/// The directory is created only when the rename finds it missing, and the rename itself
+/// refuses to replace (see [`rename_no_replace`]): one system call per file in the common case,
+/// and no window in which another scanner's file of the same name could be overwritten.
 pub fn move_into(path: &Path, sub: &str, tag: &str) -> io::Result<PathBuf> {
     let parent = path.parent().unwrap_or(Path::new("."));
     let dest_dir = parent.join(sub);
-    fs::create_dir_all(&dest_dir)?;
     let name = path.file_name().unwrap_or_default().to_string_lossy();
-    let mut dest = dest_dir.join(&*name);
+    let short = &tag[..tag.len().min(12)];
     let mut n = 0u32;
-    while fs::symlink_metadata(&dest).is_ok() {
-        n += 1;
-        let short = &tag[..tag.len().min(12)];
-        dest = dest_dir.join(if n == 1 {
-            format!("{name}.{short}")
-        } else {
-            format!("{name}.{short}.{n}")
+    let mut made_dir = false;
+    loop {
+        let dest = dest_dir.join(match n {
+            0 => name.to_string(),
+            1 => format!("{name}.{short}"),
+            _ => format!("{name}.{short}.{n}"),
         });
+        match rename_no_replace(path, &dest) {
+            Ok(true) => return Ok(dest),
+            Ok(false) => n += 1,
+            // The directory is missing (or the file vanished: then the retry says so).
+            Err(e) if e.kind() == io::ErrorKind::NotFound && !made_dir => {
+                fs::create_dir_all(&dest_dir)?;
+                made_dir = true;
+            }
+            Err(e) => return Err(e),
+        }
     }
-    fs::rename(path, &dest)?;
-    Ok(dest)
+}
+
+/// Renames `from` to `to` unless something is at `to` already (`Ok(false)`). Atomic with
+/// `renameat2(RENAME_NOREPLACE)`; on a file system without it (some network file systems)
+/// it looks first, then renames.
+fn rename_no_replace(from: &Path, to: &Path) -> io::Result<bool> {
+    #[cfg(target_os = "linux")]
+    {
+        use rustix::fs::{renameat_with, RenameFlags, CWD};
+        use rustix::io::Errno;
+        match renameat_with(CWD, from, CWD, to, RenameFlags::NOREPLACE) {
+            Ok(()) => return Ok(true),
+            Err(Errno::EXIST) => return Ok(false),
+            Err(Errno::INVAL | Errno::NOSYS | Errno::OPNOTSUPP) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if fs::symlink_metadata(to).is_ok() {
+        return Ok(false);
+    }
+    fs::rename(from, to)?;
+    Ok(true)
 }
 
 /// Writes `<rejected>/<name>.error.json` atomically (temp file, fsync, rename).
@@ -345,6 +377,36 @@ pub fn write_sidecar(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn moves_create_the_directory_and_never_overwrite() {
+        let dir = tempfile::tempdir().unwrap();
+        let put = |body: &str| {
+            let p = dir.path().join("job_7_cost.json");
+            fs::write(&p, body).unwrap();
+            p
+        };
+        // The first move creates processed/; the next two find the name taken.
+        let first = move_into(&put("one"), PROCESSED_DIR, "aaaaaaaaaaaaaaaa").unwrap();
+        let second = move_into(&put("two"), PROCESSED_DIR, "bbbbbbbbbbbbbbbb").unwrap();
+        let third = move_into(&put("three"), PROCESSED_DIR, "bbbbbbbbbbbbbbbb").unwrap();
+        let processed = dir.path().join(PROCESSED_DIR);
+        assert_eq!(first, processed.join("job_7_cost.json"));
+        assert_eq!(second, processed.join("job_7_cost.json.bbbbbbbbbbbb"));
+        assert_eq!(third, processed.join("job_7_cost.json.bbbbbbbbbbbb.2"));
+        for (p, body) in [(&first, "one"), (&second, "two"), (&third, "three")] {
+            assert_eq!(fs::read_to_string(p).unwrap(), body);
+        }
+        assert!(!dir.path().join("job_7_cost.json").exists());
+        // A file that is gone is an error, not a loop.
+        let gone = move_into(&dir.path().join("job_8_cost.json"), PROCESSED_DIR, "c");
+        assert_eq!(gone.unwrap_err().kind(), io::ErrorKind::NotFound);
+        // Asked directly, it refuses a name that is taken and leaves both files as they were.
+        let p = put("four");
+        assert!(!rename_no_replace(&p, &first).unwrap());
+        assert_eq!(fs::read_to_string(&first).unwrap(), "one");
+        assert_eq!(fs::read_to_string(&p).unwrap(), "four");
+    }
 
     #[test]
     fn names_by_kind() {
