@@ -306,8 +306,9 @@ pub struct ErrorSidecar<'a> {
 /// a suffix from `tag`. Returns the new path.
 ///
 /// The directory is created only when the rename finds it missing, and the rename itself
-/// refuses to replace (see [`rename_no_replace`]): one system call per file in the common case,
-/// and no window in which another scanner's file of the same name could be overwritten.
+/// refuses to replace (`renameat2` with `RENAME_NOREPLACE`): one system call per file in the
+/// common case, and no window in which another scanner's file of the same name could be
+/// overwritten.
 pub fn move_into(path: &Path, sub: &str, tag: &str) -> io::Result<PathBuf> {
     let parent = path.parent().unwrap_or(Path::new("."));
     let dest_dir = parent.join(sub);
