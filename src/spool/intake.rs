@@ -61,6 +61,49 @@ impl SpoolDirs {
 /// memory whatever the backlog (about 160 bytes an entry, some 3 MB).
 pub const SORT_WINDOW: usize = 20_000;
 
+/// A directory listing in windows of [`SORT_WINDOW`] entries, each sorted by name. An error
+/// comes as soon as the listing meets it (the scan stops there, as it would unsorted).
+struct SortedWindows {
+    walker: walkdir::IntoIter,
+    window: std::vec::IntoIter<walkdir::DirEntry>,
+    listed_all: bool,
+}
+
+impl SortedWindows {
+    fn new(walker: walkdir::IntoIter) -> SortedWindows {
+        SortedWindows {
+            walker,
+            window: Vec::new().into_iter(),
+            listed_all: false,
+        }
+    }
+}
+
+impl Iterator for SortedWindows {
+    type Item = walkdir::Result<walkdir::DirEntry>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(e) = self.window.next() {
+                return Some(Ok(e));
+            }
+            if self.listed_all {
+                return None;
+            }
+            let mut next = Vec::new();
+            for entry in self.walker.by_ref().take(SORT_WINDOW) {
+                match entry {
+                    Ok(e) => next.push(e),
+                    Err(e) => return Some(Err(e)),
+                }
+            }
+            self.listed_all = next.len() < SORT_WINDOW;
+            next.sort_unstable_by(|a, b| a.file_name().cmp(b.file_name()));
+            self.window = next.into_iter();
+        }
+    }
+}
+
 /// Intake settings.
 #[derive(Debug, Clone)]
 pub struct IntakeOptions {
@@ -245,38 +288,28 @@ impl Intake {
             return Err(dir_err(std::io::Error::other("not a directory")));
         }
         let mut report = ScanReport::default();
-        let mut walker = WalkDir::new(dir)
-            .min_depth(1)
-            .max_depth(1)
-            .follow_links(false)
-            .into_iter();
-        // Names are taken in windows of SORT_WINDOW, each sorted (see there).
-        let mut window: std::vec::IntoIter<walkdir::DirEntry> = Vec::new().into_iter();
-        let mut listed_all = false;
+        let mut walker = SortedWindows::new(
+            WalkDir::new(dir)
+                .min_depth(1)
+                .max_depth(1)
+                .follow_links(false)
+                .into_iter(),
+        );
         loop {
             let mut batch: Vec<Prepared> = Vec::with_capacity(self.opts.batch_size.min(4096));
             let mut exhausted = false;
             while batch.len() < self.opts.batch_size {
-                let entry = match window.next() {
-                    Some(e) => e,
-                    None if listed_all => {
-                        exhausted = true;
-                        break;
-                    }
-                    None => {
-                        let mut next = Vec::new();
-                        for entry in walker.by_ref().take(SORT_WINDOW) {
-                            next.push(entry.map_err(|e| {
-                                dir_err(
-                                    e.into_io_error()
-                                        .unwrap_or_else(|| std::io::Error::other("directory loop")),
-                                )
-                            })?);
-                        }
-                        listed_all = next.len() < SORT_WINDOW;
-                        next.sort_unstable_by(|a, b| a.file_name().cmp(b.file_name()));
-                        window = next.into_iter();
-                        continue;
+                let Some(entry) = walker.next() else {
+                    exhausted = true;
+                    break;
+                };
+                let entry = match entry {
+                    Ok(e) => e,
+                    Err(e) => {
+                        let io = e
+                            .into_io_error()
+                            .unwrap_or_else(|| std::io::Error::other("directory loop"));
+                        return Err(dir_err(io));
                     }
                 };
                 if let Some(p) = self.prepare(kind, entry.path(), now, &mut report) {
