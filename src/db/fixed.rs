@@ -69,6 +69,16 @@ binds_for_tuple!(8; 0: S0 V0, 1: S1 V1, 2: S2 V2, 3: S3 V3, 4: S4 V4, 5: S5 V5, 
 binds_for_tuple!(9; 0: S0 V0, 1: S1 V1, 2: S2 V2, 3: S3 V3, 4: S4 V4, 5: S5 V5, 6: S6 V6, 7: S7 V7, 8: S8 V8);
 binds_for_tuple!(10; 0: S0 V0, 1: S1 V1, 2: S2 V2, 3: S3 V3, 4: S4 V4, 5: S5 V5, 6: S6 V6, 7: S7 V7, 8: S8 V8, 9: S9 V9);
 binds_for_tuple!(11; 0: S0 V0, 1: S1 V1, 2: S2 V2, 3: S3 V3, 4: S4 V4, 5: S5 V5, 6: S6 V6, 7: S7 V7, 8: S8 V8, 9: S9 V9, 10: S10 V10);
+binds_for_tuple!(12; 0: S0 V0, 1: S1 V1, 2: S2 V2, 3: S3 V3, 4: S4 V4, 5: S5 V5, 6: S6 V6, 7: S7 V7, 8: S8 V8, 9: S9 V9, 10: S10 V10, 11: S11 V11);
+binds_for_tuple!(13; 0: S0 V0, 1: S1 V1, 2: S2 V2, 3: S3 V3, 4: S4 V4, 5: S5 V5, 6: S6 V6, 7: S7 V7, 8: S8 V8, 9: S9 V9, 10: S10 V10, 11: S11 V11, 12: S12 V12);
+binds_for_tuple!(14; 0: S0 V0, 1: S1 V1, 2: S2 V2, 3: S3 V3, 4: S4 V4, 5: S5 V5, 6: S6 V6, 7: S7 V7, 8: S8 V8, 9: S9 V9, 10: S10 V10, 11: S11 V11, 12: S12 V12, 13: S13 V13);
+binds_for_tuple!(15; 0: S0 V0, 1: S1 V1, 2: S2 V2, 3: S3 V3, 4: S4 V4, 5: S5 V5, 6: S6 V6, 7: S7 V7, 8: S8 V8, 9: S9 V9, 10: S10 V10, 11: S11 V11, 12: S12 V12, 13: S13 V13, 14: S14 V14);
+binds_for_tuple!(16; 0: S0 V0, 1: S1 V1, 2: S2 V2, 3: S3 V3, 4: S4 V4, 5: S5 V5, 6: S6 V6, 7: S7 V7, 8: S8 V8, 9: S9 V9, 10: S10 V10, 11: S11 V11, 12: S12 V12, 13: S13 V13, 14: S14 V14, 15: S15 V15);
+binds_for_tuple!(17; 0: S0 V0, 1: S1 V1, 2: S2 V2, 3: S3 V3, 4: S4 V4, 5: S5 V5, 6: S6 V6, 7: S7 V7, 8: S8 V8, 9: S9 V9, 10: S10 V10, 11: S11 V11, 12: S12 V12, 13: S13 V13, 14: S14 V14, 15: S15 V15, 16: S16 V16);
+binds_for_tuple!(18; 0: S0 V0, 1: S1 V1, 2: S2 V2, 3: S3 V3, 4: S4 V4, 5: S5 V5, 6: S6 V6, 7: S7 V7, 8: S8 V8, 9: S9 V9, 10: S10 V10, 11: S11 V11, 12: S12 V12, 13: S13 V13, 14: S14 V14, 15: S15 V15, 16: S16 V16, 17: S17 V17);
+binds_for_tuple!(19; 0: S0 V0, 1: S1 V1, 2: S2 V2, 3: S3 V3, 4: S4 V4, 5: S5 V5, 6: S6 V6, 7: S7 V7, 8: S8 V8, 9: S9 V9, 10: S10 V10, 11: S11 V11, 12: S12 V12, 13: S13 V13, 14: S14 V14, 15: S15 V15, 16: S16 V16, 17: S17 V17, 18: S18 V18);
+binds_for_tuple!(20; 0: S0 V0, 1: S1 V1, 2: S2 V2, 3: S3 V3, 4: S4 V4, 5: S5 V5, 6: S6 V6, 7: S7 V7, 8: S8 V8, 9: S9 V9, 10: S10 V10, 11: S11 V11, 12: S12 V12, 13: S13 V13, 14: S14 V14, 15: S15 V15, 16: S16 V16, 17: S17 V17, 18: S18 V18, 19: S19 V19);
+binds_for_tuple!(21; 0: S0 V0, 1: S1 V1, 2: S2 V2, 3: S3 V3, 4: S4 V4, 5: S5 V5, 6: S6 V6, 7: S7 V7, 8: S8 V8, 9: S9 V9, 10: S10 V10, 11: S11 V11, 12: S12 V12, 13: S13 V13, 14: S14 V14, 15: S15 V15, 16: S16 V16, 17: S17 V17, 18: S18 V18, 19: S19 V19, 20: S20 V20);
 
 /// A statement of fixed text: `pieces` around the values of `binds` (one more piece than
 /// values).
@@ -103,3 +113,35 @@ impl<B> QueryId for Fixed<B> {
 }
 
 impl<B, Conn> RunQueryDsl<Conn> for Fixed<B> {}
+
+/// A [`Fixed`] statement that returns rows of SQL type `ST` (a `SELECT`, or a write with
+/// `RETURNING`).
+pub(crate) struct FixedQuery<B, ST> {
+    inner: Fixed<B>,
+    rows: PhantomData<ST>,
+}
+
+/// Builds a [`FixedQuery`]; `pieces` must have one more element than `binds`.
+pub(crate) fn fixed_query<ST, B>(pieces: &'static [&'static str], binds: B) -> FixedQuery<B, ST> {
+    FixedQuery {
+        inner: fixed(pieces, binds),
+        rows: PhantomData,
+    }
+}
+
+impl<DB: Backend, B: Binds<DB>, ST> QueryFragment<DB> for FixedQuery<B, ST> {
+    fn walk_ast<'b>(&'b self, out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
+        self.inner.walk_ast(out)
+    }
+}
+
+impl<B, ST> QueryId for FixedQuery<B, ST> {
+    type QueryId = ();
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+impl<B, ST> diesel::query_builder::Query for FixedQuery<B, ST> {
+    type SqlType = ST;
+}
+
+impl<B, ST, Conn> RunQueryDsl<Conn> for FixedQuery<B, ST> {}

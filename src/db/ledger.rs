@@ -2003,27 +2003,52 @@ pub fn charge_batch(
         }
         // Everything is decided; write it.
         let mut ids: HashMap<String, i64> = HashMap::with_capacity(rows.len());
-        for chunk in rows.chunks(BATCH_INSERT_ROWS) {
-            let new: Vec<_> = chunk.iter().map(JournalRow::as_new).collect();
-            let got: Vec<(i64, String)> =
-                on_backend!(conn, |c| diesel::insert_into(journal::table)
-                    .values(&new)
-                    .returning((journal::id, journal::idempotency_key))
-                    .get_results(c))
-                .map_err(key_race(&chunk[0].idempotency_key))?;
-            ids.extend(got.into_iter().map(|(id, k)| (k, id)));
-        }
         touched_holds.sort_unstable();
         touched_holds.dedup();
-        for id in touched_holds {
-            update_charged_hold(conn, &holds[&id].1)?;
-        }
-        for acct in accts.values() {
-            save_account(conn, ctx, acct, PartitionDeltas::default())?;
-        }
-        for ((account_id, partition), p) in &parts {
-            if p.changed {
-                write_partition(conn, ctx, *account_id, partition, p)?;
+        if let DbConn::Postgres(c) = conn {
+            // One statement per table, whatever the batch's size (see `pg_batch`).
+            let got = super::pg_batch::insert_journal(c, &rows).map_err(key_race(
+                rows.first().map_or("", |r| r.idempotency_key.as_str()),
+            ))?;
+            ids.extend(got.into_iter().map(|(id, k)| (k, id)));
+            let touched: Vec<&HoldRow> = touched_holds.iter().map(|id| &holds[id].1).collect();
+            super::pg_batch::update_holds_charged(c, &touched)?;
+            let accounts: Vec<&AccountRow> = accts.values().collect();
+            super::pg_batch::update_accounts(c, &accounts, to_naive(ctx.recorded_at))?;
+            let existing: Vec<super::pg_batch::PartitionTotals<'_>> = parts
+                .iter()
+                .filter(|(_, p)| p.changed && p.exists)
+                .map(|((account_id, partition), p)| {
+                    (*account_id, partition.as_str(), p.charged, p.held)
+                })
+                .collect();
+            super::pg_batch::update_partitions(c, &existing, to_naive(ctx.recorded_at))?;
+            for ((account_id, partition), p) in &parts {
+                if p.changed && !p.exists {
+                    write_partition(conn, ctx, *account_id, partition, p)?;
+                }
+            }
+        } else {
+            for chunk in rows.chunks(BATCH_INSERT_ROWS) {
+                let new: Vec<_> = chunk.iter().map(JournalRow::as_new).collect();
+                let got: Vec<(i64, String)> =
+                    on_backend!(conn, |c| diesel::insert_into(journal::table)
+                        .values(&new)
+                        .returning((journal::id, journal::idempotency_key))
+                        .get_results(c))
+                    .map_err(key_race(&chunk[0].idempotency_key))?;
+                ids.extend(got.into_iter().map(|(id, k)| (k, id)));
+            }
+            for id in touched_holds {
+                update_charged_hold(conn, &holds[&id].1)?;
+            }
+            for acct in accts.values() {
+                save_account(conn, ctx, acct, PartitionDeltas::default())?;
+            }
+            for ((account_id, partition), p) in &parts {
+                if p.changed {
+                    write_partition(conn, ctx, *account_id, partition, p)?;
+                }
             }
         }
         let key_id = |row: &JournalRow| ids[&row.idempotency_key];

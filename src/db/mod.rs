@@ -33,6 +33,7 @@ mod fixed;
 pub mod grants;
 pub mod ledger;
 pub mod models;
+mod pg_batch;
 pub mod queries;
 pub mod reconcile;
 pub(crate) mod report;

@@ -25,6 +25,7 @@ use super::ledger::{
     ChargeUnmatched, LedgerError, MoneyOp, OpContext,
 };
 use super::models::parse_hold_reference;
+use super::pg_batch;
 use super::schema::{accounts, cost_records, holds, job_end_records, journal};
 use super::{lock_batch, write_transaction, BatchLock, DbConn};
 use crate::domain::time::{from_naive, to_naive};
@@ -543,18 +544,20 @@ fn reconcile_one(
         }
         None => None,
     };
+    // The partition the run ran in: the hold's, else what the export says.
+    let partition = partition.as_deref().or(rec.partition.as_deref());
     mark_charged(
         conn,
-        ctx,
-        rec,
-        &Booked {
-            hold_id: outcome.hold.as_ref().map(|h| h.id),
-            charge_entry: outcome.charge.id,
-            refund_entry: refund,
+        &(
+            rec.id,
+            outcome.hold.as_ref().map(|h| h.id),
+            outcome.charge.id,
+            refund,
             estimate,
-            account: &account,
-            partition: partition.as_deref(),
-        },
+            &account,
+            partition,
+        ),
+        to_naive(ctx.effective_at),
     )?;
     Ok(One::Charged {
         held: outcome.hold.is_some(),
@@ -562,17 +565,6 @@ fn reconcile_one(
         refunded: refund.is_some(),
         amount: actual,
     })
-}
-
-/// What a run was booked as.
-struct Booked<'a> {
-    hold_id: Option<i64>,
-    charge_entry: i64,
-    refund_entry: Option<i64>,
-    /// The estimate the run had (for accuracy).
-    estimate: Option<i64>,
-    account: &'a str,
-    partition: Option<&'a str>,
 }
 
 const MARK_CHARGED: &[&str] = &[
@@ -588,27 +580,26 @@ const MARK_CHARGED: &[&str] = &[
     "",
 ];
 
-/// Marks a run charged, with links to what booked it.
+/// Marks a run charged, with links to what booked it (the row-by-row form of
+/// [`pg_batch::mark_charged`]).
 fn mark_charged(
     conn: &mut DbConn,
-    ctx: &OpContext,
-    rec: &CostRow,
-    b: &Booked<'_>,
+    run: &pg_batch::ChargedRun<'_>,
+    reconciled_at: chrono::NaiveDateTime,
 ) -> Result<(), LedgerError> {
     use diesel::sql_types::{BigInt, Nullable, Text, Timestamp};
-    // The partition the run ran in: the hold's, else what the export says.
-    let partition = b.partition.or(rec.partition.as_deref());
+    let &(id, hold_id, charge_entry, refund_entry, estimate, account, partition) = run;
     on_backend!(conn, |c| fixed(
         MARK_CHARGED,
         (
-            bind::<Nullable<BigInt>, _>(b.hold_id),
-            bind::<Nullable<BigInt>, _>(Some(b.charge_entry)),
-            bind::<Nullable<BigInt>, _>(b.refund_entry),
-            bind::<Nullable<BigInt>, _>(b.estimate),
-            bind::<Nullable<Text>, _>(Some(b.account)),
+            bind::<Nullable<BigInt>, _>(hold_id),
+            bind::<Nullable<BigInt>, _>(Some(charge_entry)),
+            bind::<Nullable<BigInt>, _>(refund_entry),
+            bind::<Nullable<BigInt>, _>(estimate),
+            bind::<Nullable<Text>, _>(Some(account)),
             bind::<Nullable<Text>, _>(partition),
-            bind::<Nullable<Timestamp>, _>(Some(to_naive(ctx.effective_at))),
-            bind::<BigInt, _>(rec.id),
+            bind::<Nullable<Timestamp>, _>(Some(reconciled_at)),
+            bind::<BigInt, _>(id),
         )
     )
     .execute(c))?;
@@ -822,8 +813,10 @@ fn reconcile_batch(
             return Ok(None);
         }
     };
-    let mut booked = booked.into_iter();
+    let mut booked = booked.iter();
     let mut out = Vec::with_capacity(todo.len());
+    // (cost record id, hold, charge entry, refund entry, estimate, account, partition)
+    let mut charged: Vec<pg_batch::ChargedRun<'_>> = Vec::with_capacity(todo.len());
     for (rec, plan) in todo.iter().zip(plans) {
         match plan {
             Plan::Wait(why, detail) => {
@@ -838,25 +831,32 @@ fn reconcile_batch(
                     hold,
                     "reconcile planned a hold differently than the ledger booked it"
                 );
-                mark_charged(
-                    conn,
-                    ctx,
-                    rec,
-                    &Booked {
-                        hold_id: b.hold_id,
-                        charge_entry: b.charge_entry,
-                        refund_entry: b.refund_entry,
-                        estimate,
-                        account: &b.account,
-                        partition: b.partition.as_deref(),
-                    },
-                )?;
+                // The partition the run ran in: the hold's, else what the export says.
+                let partition = b.partition.as_deref().or(rec.partition.as_deref());
+                charged.push((
+                    rec.id,
+                    b.hold_id,
+                    b.charge_entry,
+                    b.refund_entry,
+                    estimate,
+                    &b.account,
+                    partition,
+                ));
                 out.push(One::Charged {
                     held: b.hold_id.is_some(),
                     overrun: !b.overrun.is_zero(),
                     refunded: b.refund_entry.is_some(),
                     amount: UsdMicros::from_stored(rec.actual_micros),
                 });
+            }
+        }
+    }
+    let at = to_naive(ctx.effective_at);
+    match conn {
+        DbConn::Postgres(c) => pg_batch::mark_charged(c, &charged, at)?,
+        DbConn::Sqlite(_) => {
+            for run in &charged {
+                mark_charged(conn, run, at)?;
             }
         }
     }

@@ -195,14 +195,24 @@ pub fn record_batch(
     }
     // The new cost records, in chunks that keep within both backends' limits on bind values.
     let mut new_ids: HashMap<String, i64> = HashMap::new();
-    for chunk in new_costs.chunks(500) {
-        let rows: Vec<NewCostRow<'_>> = chunk.iter().map(|c| new_cost_row(c, now)).collect();
-        let ids: Vec<(i64, String)> =
-            on_backend!(&mut *conn, |c| diesel::insert_into(cost_records::table)
-                .values(&rows)
-                .returning((cost_records::id, cost_records::run_key))
-                .get_results(c)?);
-        new_ids.extend(ids.into_iter().map(|(id, k)| (k, id)));
+    if let DbConn::Postgres(c) = &mut *conn {
+        // One statement of fixed text (see `pg_batch`).
+        let rows: Vec<NewCostRow<'_>> = new_costs.iter().map(|c| new_cost_row(c, now)).collect();
+        new_ids.extend(
+            super::pg_batch::insert_cost_records(c, &rows)?
+                .into_iter()
+                .map(|(id, k)| (k, id)),
+        );
+    } else {
+        for chunk in new_costs.chunks(500) {
+            let rows: Vec<NewCostRow<'_>> = chunk.iter().map(|c| new_cost_row(c, now)).collect();
+            let ids: Vec<(i64, String)> =
+                on_backend!(&mut *conn, |c| diesel::insert_into(cost_records::table)
+                    .values(&rows)
+                    .returning((cost_records::id, cost_records::run_key))
+                    .get_results(c)?);
+            new_ids.extend(ids.into_iter().map(|(id, k)| (k, id)));
+        }
     }
     let mut file_rows = Vec::new();
     for ((f, _), (done, slot)) in items.iter().zip(out.iter_mut().zip(slots)) {
@@ -231,10 +241,14 @@ pub fn record_batch(
             reasons,
         });
     }
-    for chunk in file_rows.chunks(1000) {
-        on_backend!(&mut *conn, |c| diesel::insert_into(spool_files::table)
-            .values(chunk)
-            .execute(c)?);
+    if let DbConn::Postgres(c) = &mut *conn {
+        super::pg_batch::insert_spool_files(c, &file_rows)?;
+    } else {
+        for chunk in file_rows.chunks(1000) {
+            on_backend!(&mut *conn, |c| diesel::insert_into(spool_files::table)
+                .values(chunk)
+                .execute(c)?);
+        }
     }
     Ok(out
         .into_iter()
@@ -371,29 +385,29 @@ fn store_record(
 // `None` is NULL, never DEFAULT: then diesel inserts many rows with one statement on SQLite
 // too (with a possible DEFAULT it sends one statement per row).
 #[diesel(treat_none_as_default_value = false)]
-struct NewCostRow<'a> {
-    run_key: String,
-    job_id: String,
-    job_base: i64,
-    array_task: Option<i64>,
-    het_offset: Option<i64>,
-    run: i64,
-    account: &'a str,
-    actual_micros: i64,
-    producer_estimate_micros: Option<i64>,
-    transaction_ref: Option<&'a str>,
-    job_state: Option<&'a str>,
-    exit_code: Option<&'a str>,
-    user_name: Option<&'a str>,
-    partition: Option<&'a str>,
-    submitted_at: Option<NaiveDateTime>,
-    started_at: Option<NaiveDateTime>,
-    completed_at: Option<NaiveDateTime>,
-    export_time: Option<NaiveDateTime>,
-    content_digest: String,
-    status: &'a str,
-    received_at: NaiveDateTime,
-    instance_types: String,
+pub(super) struct NewCostRow<'a> {
+    pub(super) run_key: String,
+    pub(super) job_id: String,
+    pub(super) job_base: i64,
+    pub(super) array_task: Option<i64>,
+    pub(super) het_offset: Option<i64>,
+    pub(super) run: i64,
+    pub(super) account: &'a str,
+    pub(super) actual_micros: i64,
+    pub(super) producer_estimate_micros: Option<i64>,
+    pub(super) transaction_ref: Option<&'a str>,
+    pub(super) job_state: Option<&'a str>,
+    pub(super) exit_code: Option<&'a str>,
+    pub(super) user_name: Option<&'a str>,
+    pub(super) partition: Option<&'a str>,
+    pub(super) submitted_at: Option<NaiveDateTime>,
+    pub(super) started_at: Option<NaiveDateTime>,
+    pub(super) completed_at: Option<NaiveDateTime>,
+    pub(super) export_time: Option<NaiveDateTime>,
+    pub(super) content_digest: String,
+    pub(super) status: &'a str,
+    pub(super) received_at: NaiveDateTime,
+    pub(super) instance_types: String,
 }
 
 fn new_cost_row(c: &crate::spool::CostRecord, now: NaiveDateTime) -> NewCostRow<'_> {
@@ -430,16 +444,16 @@ fn new_cost_row(c: &crate::spool::CostRecord, now: NaiveDateTime) -> NewCostRow<
 // `None` is NULL, never DEFAULT: then diesel inserts many rows with one statement on SQLite
 // too (with a possible DEFAULT it sends one statement per row).
 #[diesel(treat_none_as_default_value = false)]
-struct NewFileRow<'a> {
-    kind: &'a str,
-    name: &'a str,
-    file_key: &'a str,
-    sha256: &'a str,
-    size_bytes: i64,
-    outcome: &'a str,
-    record_id: Option<i64>,
-    reasons: String,
-    seen_at: NaiveDateTime,
+pub(super) struct NewFileRow<'a> {
+    pub(super) kind: &'a str,
+    pub(super) name: &'a str,
+    pub(super) file_key: &'a str,
+    pub(super) sha256: &'a str,
+    pub(super) size_bytes: i64,
+    pub(super) outcome: &'a str,
+    pub(super) record_id: Option<i64>,
+    pub(super) reasons: String,
+    pub(super) seen_at: NaiveDateTime,
 }
 
 fn parts(p: JobPart) -> (Option<i64>, Option<i64>) {
