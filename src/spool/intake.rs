@@ -8,6 +8,7 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -17,7 +18,7 @@ use walkdir::WalkDir;
 use super::files::{self, Arrival, ErrorSidecar, Name, NameFacts, ReadRefusal};
 use super::{cost, jobend, plan, Code, Kind, Limits, Parsed, Reason, Record};
 use crate::db::ledger::LedgerError;
-use crate::db::spool::{record_batch, Content, FileFacts, Outcome};
+use crate::db::spool::{record_batch, Content, FileFacts, Outcome, Recorded};
 use crate::db::{write_transaction, DbConn};
 
 /// The spool directories; a kind without a directory is not scanned.
@@ -287,15 +288,116 @@ impl Intake {
         if !meta.is_dir() {
             return Err(dir_err(std::io::Error::other("not a directory")));
         }
-        let mut report = ScanReport::default();
-        let mut walker = SortedWindows::new(
+        let walker = SortedWindows::new(
             WalkDir::new(dir)
                 .min_depth(1)
                 .max_depth(1)
                 .follow_links(false)
                 .into_iter(),
         );
+        let mut reader = Reader {
+            opts: &self.opts,
+            logged_unknown: &mut self.logged_unknown,
+        };
+        // Three threads in a pipeline, so that the file system's work and the database's
+        // overlap: the reader lists, reads and judges the next batch while this thread records
+        // the current one, and the mover moves the files of the batch committed before. Each
+        // channel holds one batch, which bounds the memory. The order of the steps for any one
+        // file is unchanged (read, record, commit, move), and so is what a kill at any moment
+        // leaves behind.
+        std::thread::scope(|s| {
+            let (ready_tx, ready_rx) = mpsc::sync_channel::<Result<Ready, std::io::Error>>(1);
+            let (done_tx, done_rx) = mpsc::sync_channel::<Committed>(1);
+            let read = s.spawn(move || reader.read_batches(kind, walker, now, &ready_tx));
+            let moves = s.spawn(move || {
+                let mut report = ScanReport::default();
+                for c in done_rx {
+                    move_batch(dir, kind, now, c, &mut report);
+                }
+                report
+            });
+            let mut report = ScanReport::default();
+            let mut outcome = Ok(());
+            for ready in &ready_rx {
+                let ready = match ready {
+                    Ok(r) => r,
+                    Err(io) => {
+                        outcome = Err(dir_err(io));
+                        break;
+                    }
+                };
+                report.add(&ready.seen);
+                if !ready.batch.is_empty() {
+                    match record(conn, kind, now, &ready.batch) {
+                        Ok(recorded) => {
+                            report.batches += 1;
+                            count(&recorded, &mut report);
+                            // The mover stops only when this thread drops its channel.
+                            let _ = done_tx.send(Committed {
+                                batch: ready.batch,
+                                recorded,
+                            });
+                        }
+                        Err(e) => {
+                            outcome = Err(e);
+                            break;
+                        }
+                    }
+                }
+                progress(&report);
+                if stop() {
+                    break;
+                }
+            }
+            // The reader stops at its next send; the mover finishes the committed batches.
+            drop(ready_rx);
+            drop(done_tx);
+            if let Err(panic) = read.join() {
+                std::panic::resume_unwind(panic);
+            }
+            let moved = moves
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            report.add(&moved);
+            if !moved.move_errors.is_empty() {
+                progress(&report);
+            }
+            outcome.map(|()| report)
+        })
+    }
+}
+
+/// A batch read and judged, with what the reader saw beside it.
+struct Ready {
+    batch: Vec<Prepared>,
+    /// Temporary files, files not ready yet and directories met while reading the batch.
+    seen: ScanReport,
+}
+
+/// A committed batch, waiting for its moves.
+struct Committed {
+    batch: Vec<Prepared>,
+    recorded: Vec<Recorded>,
+}
+
+/// Lists, reads and judges files: the first stage of the intake.
+struct Reader<'a> {
+    opts: &'a IntakeOptions,
+    logged_unknown: &'a mut HashSet<String>,
+}
+
+impl Reader<'_> {
+    /// Sends batches of prepared files until the listing ends (the last one may be empty), it
+    /// fails, or nobody receives any more.
+    fn read_batches(
+        &mut self,
+        kind: Kind,
+        mut walker: SortedWindows,
+        now: DateTime<Utc>,
+        out: &mpsc::SyncSender<Result<Ready, std::io::Error>>,
+    ) {
         loop {
+            let mut seen = ScanReport::default();
             let mut batch: Vec<Prepared> = Vec::with_capacity(self.opts.batch_size.min(4096));
             let mut exhausted = false;
             while batch.len() < self.opts.batch_size {
@@ -309,22 +411,18 @@ impl Intake {
                         let io = e
                             .into_io_error()
                             .unwrap_or_else(|| std::io::Error::other("directory loop"));
-                        return Err(dir_err(io));
+                        let _ = out.send(Err(io));
+                        return;
                     }
                 };
-                if let Some(p) = self.prepare(kind, entry.path(), now, &mut report) {
+                if let Some(p) = self.prepare(kind, entry.path(), now, &mut seen) {
                     batch.push(p);
                 }
             }
-            if !batch.is_empty() {
-                self.commit(conn, kind, dir, now, batch, &mut report)?;
-                progress(&report);
-            }
-            if exhausted || stop() {
-                break;
+            if out.send(Ok(Ready { batch, seen })).is_err() || exhausted {
+                return;
             }
         }
-        Ok(report)
     }
 
     /// Reads and judges one directory entry; `None` when it is left where it is.
@@ -424,81 +522,88 @@ impl Intake {
             NameFacts::Plan(id) => map(plan::read(id, text, lim), Record::Plan),
         }
     }
+}
 
-    fn commit(
-        &mut self,
-        conn: &mut DbConn,
-        kind: Kind,
-        dir: &Path,
-        now: DateTime<Utc>,
-        batch: Vec<Prepared>,
-        report: &mut ScanReport,
-    ) -> Result<(), IntakeError> {
-        let recorded = write_transaction(conn, |conn| {
-            crate::db::lock_batch(conn, crate::db::BatchLock::Intake)?;
-            let items: Vec<(FileFacts<'_>, Content<'_>)> = batch
-                .iter()
-                .map(|p| {
-                    let content = match &p.verdict {
-                        Verdict::Record(r) => Content::Record(r),
-                        Verdict::Rejected(r) => Content::Rejected(r),
-                    };
-                    let facts = FileFacts {
-                        kind,
-                        name: &p.name,
-                        file_key: &p.file_key,
-                        sha256: &p.sha256,
-                        size: p.size,
-                    };
-                    (facts, content)
-                })
-                .collect();
-            let out = record_batch(conn, now, &items)?;
-            Ok::<_, LedgerError>(out)
-        })?;
-        crate::db::checkpoint::between_transactions(conn).map_err(LedgerError::from)?;
-        report.batches += 1;
-        // Committed: now move. A crash from here on leaves files the next scan recognises.
-        for (p, r) in batch.iter().zip(recorded) {
-            if r.already {
-                report.finished_moves += 1;
-            } else {
-                match r.outcome {
-                    Outcome::Stored => report.stored += 1,
-                    Outcome::Duplicate => report.duplicates += 1,
-                    Outcome::Conflict => report.conflicts += 1,
-                    Outcome::Rejected => report.rejected += 1,
-                }
-            }
-            let moved = if r.outcome == Outcome::Rejected {
-                tracing::warn!(
-                    file = %p.name,
-                    reasons = %r.reasons.iter().map(|x| x.to_string()).collect::<Vec<_>>().join("; "),
-                    "rejected"
-                );
-                let sidecar = ErrorSidecar {
-                    file: &p.name,
-                    kind,
-                    reasons: &r.reasons,
-                    rejected_at: now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-                    sha256: (!p.sha256.is_empty()).then_some(p.sha256.as_str()),
+/// Records a batch in one write transaction.
+fn record(
+    conn: &mut DbConn,
+    kind: Kind,
+    now: DateTime<Utc>,
+    batch: &[Prepared],
+) -> Result<Vec<Recorded>, IntakeError> {
+    let recorded = write_transaction(conn, |conn| {
+        crate::db::lock_batch(conn, crate::db::BatchLock::Intake)?;
+        let items: Vec<(FileFacts<'_>, Content<'_>)> = batch
+            .iter()
+            .map(|p| {
+                let content = match &p.verdict {
+                    Verdict::Record(r) => Content::Record(r),
+                    Verdict::Rejected(r) => Content::Rejected(r),
                 };
-                move_rejected(dir, &p.path, &p.file_key, &sidecar)
-            } else {
-                if r.outcome == Outcome::Conflict && !r.already {
-                    tracing::warn!(file = %p.name, "conflict: other facts for a run already stored; see `asbb spool conflicts`");
-                }
-                files::move_into(&p.path, files::PROCESSED_DIR, &p.file_key).map(|_| ())
-            };
-            if let Err(e) = moved {
-                if e.kind() != std::io::ErrorKind::NotFound {
-                    report
-                        .move_errors
-                        .push(format!("{}: {e}", p.path.display()));
-                }
+                let facts = FileFacts {
+                    kind,
+                    name: &p.name,
+                    file_key: &p.file_key,
+                    sha256: &p.sha256,
+                    size: p.size,
+                };
+                (facts, content)
+            })
+            .collect();
+        let out = record_batch(conn, now, &items)?;
+        Ok::<_, LedgerError>(out)
+    })?;
+    crate::db::checkpoint::between_transactions(conn).map_err(LedgerError::from)?;
+    Ok(recorded)
+}
+
+/// Counts what a committed batch recorded.
+fn count(recorded: &[Recorded], report: &mut ScanReport) {
+    for r in recorded {
+        if r.already {
+            report.finished_moves += 1;
+        } else {
+            match r.outcome {
+                Outcome::Stored => report.stored += 1,
+                Outcome::Duplicate => report.duplicates += 1,
+                Outcome::Conflict => report.conflicts += 1,
+                Outcome::Rejected => report.rejected += 1,
             }
         }
-        Ok(())
+    }
+}
+
+/// Moves the files of a committed batch. A crash from here on leaves files the next scan
+/// recognises.
+fn move_batch(dir: &Path, kind: Kind, now: DateTime<Utc>, c: Committed, report: &mut ScanReport) {
+    for (p, r) in c.batch.iter().zip(c.recorded) {
+        let moved = if r.outcome == Outcome::Rejected {
+            tracing::warn!(
+                file = %p.name,
+                reasons = %r.reasons.iter().map(|x| x.to_string()).collect::<Vec<_>>().join("; "),
+                "rejected"
+            );
+            let sidecar = ErrorSidecar {
+                file: &p.name,
+                kind,
+                reasons: &r.reasons,
+                rejected_at: now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                sha256: (!p.sha256.is_empty()).then_some(p.sha256.as_str()),
+            };
+            move_rejected(dir, &p.path, &p.file_key, &sidecar)
+        } else {
+            if r.outcome == Outcome::Conflict && !r.already {
+                tracing::warn!(file = %p.name, "conflict: other facts for a run already stored; see `asbb spool conflicts`");
+            }
+            files::move_into(&p.path, files::PROCESSED_DIR, &p.file_key).map(|_| ())
+        };
+        if let Err(e) = moved {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                report
+                    .move_errors
+                    .push(format!("{}: {e}", p.path.display()));
+            }
+        }
     }
 }
 
