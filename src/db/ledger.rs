@@ -1829,9 +1829,9 @@ pub enum BatchResult {
     },
 }
 
-/// Rows per multi-row journal insert: 21 values each keeps well within both backends' limits
-/// on bind parameters (SQLite 32,766, PostgreSQL 65,535).
-const BATCH_INSERT_ROWS: usize = 200;
+/// Rows per multi-row journal insert on SQLite, a fixed number so that its prepared statement
+/// is kept: 21 values each keeps well within SQLite's limit on bind parameters (32,766).
+const BATCH_INSERT_ROWS: usize = 64;
 /// Values per `IN (…)` list.
 const BATCH_LOOKUP_KEYS: usize = 500;
 
@@ -2029,14 +2029,29 @@ pub fn charge_batch(
                 }
             }
         } else {
-            for chunk in rows.chunks(BATCH_INSERT_ROWS) {
-                let new: Vec<_> = chunk.iter().map(JournalRow::as_new).collect();
+            // Chunks of a fixed size are inserted by a statement diesel keeps prepared (its
+            // text never varies); only the rest is one statement SQLite parses afresh.
+            let mut chunks = rows.chunks_exact(BATCH_INSERT_ROWS);
+            for chunk in chunks.by_ref() {
+                let new: &[JournalRow; BATCH_INSERT_ROWS] =
+                    chunk.try_into().expect("chunks_exact gives full chunks");
+                let got: Vec<(i64, String)> =
+                    on_backend!(conn, |c| diesel::insert_into(journal::table)
+                        .values(new)
+                        .returning((journal::id, journal::idempotency_key))
+                        .get_results(c))
+                    .map_err(key_race(&chunk[0].idempotency_key))?;
+                ids.extend(got.into_iter().map(|(id, k)| (k, id)));
+            }
+            let rest = chunks.remainder();
+            if !rest.is_empty() {
+                let new: Vec<_> = rest.iter().map(JournalRow::as_new).collect();
                 let got: Vec<(i64, String)> =
                     on_backend!(conn, |c| diesel::insert_into(journal::table)
                         .values(&new)
                         .returning((journal::id, journal::idempotency_key))
                         .get_results(c))
-                    .map_err(key_race(&chunk[0].idempotency_key))?;
+                    .map_err(key_race(&rest[0].idempotency_key))?;
                 ids.extend(got.into_iter().map(|(id, k)| (k, id)));
             }
             for id in touched_holds {

@@ -197,10 +197,13 @@ pub(crate) struct NewHoldRow<'a> {
     pub tasks: Option<i64>,
 }
 
-/// A `journal` row.
-#[derive(Debug, Clone, Queryable, Selectable)]
+/// A `journal` row. Insertable without its id (the database assigns it), so that a fixed
+/// number of rows can be inserted from an array by a statement diesel keeps prepared.
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
 #[diesel(table_name = journal)]
+#[diesel(treat_none_as_default_value = false)]
 pub(crate) struct JournalRow {
+    #[diesel(skip_insertion)]
     pub id: i64,
     pub account_id: i64,
     pub seq: i64,
