@@ -293,6 +293,24 @@ fn serve(
     Ok((addr, stop, h))
 }
 
+/// The writer's group commits so far, from `GET /metrics`: (commits, checks committed).
+fn group_commits(addr: SocketAddr) -> Result<(u64, u64)> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n")?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    let counter = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse::<u64>().ok())
+            .with_context(|| format!("{name} missing from /metrics"))
+    };
+    Ok((
+        counter("asbb_check_commits_total ")?,
+        counter("asbb_check_committed_total ")?,
+    ))
+}
+
 fn line(label: &str, s: &Stats) {
     println!(
         "  {label:<48} p50 {:>7.3} ms   p99 {:>7.3} ms",
@@ -342,6 +360,14 @@ fn backend(label: &str, url: DbUrl, p: &Params) -> Result<()> {
             p.clients
         );
         line("", &s);
+        let (commits, committed) = group_commits(addr)?;
+        if commits > 0 {
+            println!(
+                "  {:<48} {committed} checks in {commits} commits ({:.1} a commit)",
+                "",
+                committed as f64 / commits as f64
+            );
+        }
         stop.store(true, Ordering::Relaxed);
         let _ = h.join();
     }
