@@ -8,8 +8,8 @@
 //! arrays, not in the SQL), so the server plans each one once per connection, however large
 //! the batch.
 //!
-//! Each function writes what its SQLite counterpart writes row by row, with the same values;
-//! the callers choose by backend.
+//! Each function writes what the SQLite path of its caller writes (row by row, or in multi-row
+//! inserts), with the same values; the callers choose by backend.
 
 use chrono::NaiveDateTime;
 use diesel::pg::PgConnection;
