@@ -7,7 +7,8 @@
 //!    disk sync; and per check with its own commit (`synchronous=full`), which is what one
 //!    check costs alone. Baseline: the same on a ledger of 10 accounts.
 //! 2. **asbb-checkd over loopback**, 16 concurrent clients on kept-alive connections, each
-//!    sending checks for random accounts: throughput and p50/p99 latency with group commit
+//!    sending checks for random accounts, to a server with as many workers as clients (the
+//!    default `check.workers` is 4): throughput and p50/p99 latency with group commit
 //!    (the default) against two baselines in the same run: `GET /version` over the same
 //!    connections (HTTP alone) and `max_batch = 1` (one commit per check). SQLite with
 //!    `synchronous=full`; PostgreSQL beside it when `ASBB_TEST_POSTGRES_URL` is set.
@@ -355,9 +356,11 @@ fn backend(label: &str, url: DbUrl, p: &Params) -> Result<()> {
             line("", &s);
         }
         let (rate, s) = http_load(addr, p.clients, p.requests, p.accounts, true)?;
+        // As many workers as clients: a worker answers one connection at a time and waits for
+        // the writer, so fewer workers would cap the group commits (`check.workers`, default 4).
         println!(
-            "  checks, {} clients, {what}: {rate:>8.0} checks/s",
-            p.clients
+            "  checks, {} clients, {} workers, {what}: {rate:>8.0} checks/s",
+            p.clients, p.clients
         );
         line("", &s);
         let (commits, committed) = group_commits(addr)?;
