@@ -1602,7 +1602,7 @@ fn settle_hold_charge(
 /// Inserts a staged entry and returns it with its id.
 fn insert_entry(conn: &mut DbConn, mut row: JournalRow) -> Result<JournalRow, LedgerError> {
     row.id = on_backend!(conn, |c| diesel::insert_into(journal::table)
-        .values(&row.as_new())
+        .values(&row)
         .returning(journal::id)
         .get_result(c))
     .map_err(key_race(&row.idempotency_key))?;
@@ -2045,10 +2045,9 @@ pub fn charge_batch(
             }
             let rest = chunks.remainder();
             if !rest.is_empty() {
-                let new: Vec<_> = rest.iter().map(JournalRow::as_new).collect();
                 let got: Vec<(i64, String)> =
                     on_backend!(conn, |c| diesel::insert_into(journal::table)
-                        .values(&new)
+                        .values(rest)
                         .returning((journal::id, journal::idempotency_key))
                         .get_results(c))
                     .map_err(key_race(&rest[0].idempotency_key))?;

@@ -197,10 +197,11 @@ pub(crate) struct NewHoldRow<'a> {
     pub tasks: Option<i64>,
 }
 
-/// A `journal` row. Insertable without its id (the database assigns it), so that a fixed
-/// number of rows can be inserted from an array by a statement diesel keeps prepared.
+/// A `journal` row. Inserted without its id, which the database assigns.
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
 #[diesel(table_name = journal)]
+// `None` is NULL, never DEFAULT: then diesel inserts many rows with one statement on SQLite
+// too (with a possible DEFAULT it sends one statement per row).
 #[diesel(treat_none_as_default_value = false)]
 pub(crate) struct JournalRow {
     #[diesel(skip_insertion)]
@@ -237,33 +238,6 @@ impl JournalRow {
         }
     }
 
-    /// The row to insert for this entry (everything but its id).
-    pub(crate) fn as_new(&self) -> NewJournalRow<'_> {
-        NewJournalRow {
-            account_id: self.account_id,
-            seq: self.seq,
-            kind: &self.kind,
-            amount_micros: self.amount_micros,
-            credited_delta_micros: self.credited_delta_micros,
-            charged_delta_micros: self.charged_delta_micros,
-            held_delta_micros: self.held_delta_micros,
-            hold_id: self.hold_id,
-            cluster: self.cluster.as_deref(),
-            job_id: self.job_id.as_deref(),
-            partition: self.partition.as_deref(),
-            user_name: self.user_name.as_deref(),
-            actor: &self.actor,
-            reason: &self.reason,
-            flags: &self.flags,
-            idempotency_key: &self.idempotency_key,
-            request_digest: &self.request_digest,
-            effective_at: self.effective_at,
-            recorded_at: self.recorded_at,
-            prev_hash: &self.prev_hash,
-            hash: &self.hash,
-        }
-    }
-
     pub(crate) fn to_record(&self, account: &str, hold_state: Option<HoldState>) -> Entry {
         Entry {
             id: self.id,
@@ -288,35 +262,6 @@ impl JournalRow {
             hash: self.hash.clone(),
         }
     }
-}
-
-#[derive(Insertable)]
-#[diesel(table_name = journal)]
-// `None` is NULL, never DEFAULT: then diesel inserts many rows with one statement on SQLite
-// too (with a possible DEFAULT it sends one statement per row).
-#[diesel(treat_none_as_default_value = false)]
-pub(crate) struct NewJournalRow<'a> {
-    pub account_id: i64,
-    pub seq: i64,
-    pub kind: &'a str,
-    pub amount_micros: i64,
-    pub credited_delta_micros: i64,
-    pub charged_delta_micros: i64,
-    pub held_delta_micros: i64,
-    pub hold_id: Option<i64>,
-    pub cluster: Option<&'a str>,
-    pub job_id: Option<&'a str>,
-    pub partition: Option<&'a str>,
-    pub user_name: Option<&'a str>,
-    pub actor: &'a str,
-    pub reason: &'a str,
-    pub flags: &'a str,
-    pub idempotency_key: &'a str,
-    pub request_digest: &'a str,
-    pub effective_at: NaiveDateTime,
-    pub recorded_at: NaiveDateTime,
-    pub prev_hash: &'a str,
-    pub hash: &'a str,
 }
 
 /// An `account_changes` row.

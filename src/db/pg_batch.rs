@@ -20,6 +20,11 @@ use super::fixed::{bind, fixed, fixed_query};
 use super::models::{AccountRow, HoldRow, JournalRow};
 use super::spool::{NewCostRow, NewFileRow};
 
+/// One column of a batch: `f` of every row, to bind as an array.
+fn column<'a, R, T>(rows: &'a [R], f: impl Fn(&'a R) -> T) -> Vec<T> {
+    rows.iter().map(f).collect()
+}
+
 const INSERT_JOURNAL: &[&str] = &[
     "INSERT INTO journal (account_id, seq, kind, amount_micros, credited_delta_micros, \
      charged_delta_micros, held_delta_micros, hold_id, cluster, job_id, partition, user_name, \
@@ -53,35 +58,30 @@ pub(crate) fn insert_journal(
     c: &mut PgConnection,
     rows: &[JournalRow],
 ) -> QueryResult<Vec<(i64, String)>> {
-    let col = |f: fn(&JournalRow) -> i64| rows.iter().map(f).collect::<Vec<i64>>();
-    let text = |f: for<'r> fn(&'r JournalRow) -> &'r str| rows.iter().map(f).collect::<Vec<_>>();
-    let opt =
-        |f: for<'r> fn(&'r JournalRow) -> Option<&'r str>| rows.iter().map(f).collect::<Vec<_>>();
-    let time = |f: fn(&JournalRow) -> NaiveDateTime| rows.iter().map(f).collect::<Vec<_>>();
     fixed_query::<(BigInt, Text), _>(
         INSERT_JOURNAL,
         (
-            bind::<Array<BigInt>, _>(col(|r| r.account_id)),
-            bind::<Array<BigInt>, _>(col(|r| r.seq)),
-            bind::<Array<Text>, _>(text(|r| &r.kind)),
-            bind::<Array<BigInt>, _>(col(|r| r.amount_micros)),
-            bind::<Array<BigInt>, _>(col(|r| r.credited_delta_micros)),
-            bind::<Array<BigInt>, _>(col(|r| r.charged_delta_micros)),
-            bind::<Array<BigInt>, _>(col(|r| r.held_delta_micros)),
-            bind::<Array<Nullable<BigInt>>, _>(rows.iter().map(|r| r.hold_id).collect::<Vec<_>>()),
-            bind::<Array<Nullable<Text>>, _>(opt(|r| r.cluster.as_deref())),
-            bind::<Array<Nullable<Text>>, _>(opt(|r| r.job_id.as_deref())),
-            bind::<Array<Nullable<Text>>, _>(opt(|r| r.partition.as_deref())),
-            bind::<Array<Nullable<Text>>, _>(opt(|r| r.user_name.as_deref())),
-            bind::<Array<Text>, _>(text(|r| &r.actor)),
-            bind::<Array<Text>, _>(text(|r| &r.reason)),
-            bind::<Array<Text>, _>(text(|r| &r.flags)),
-            bind::<Array<Text>, _>(text(|r| &r.idempotency_key)),
-            bind::<Array<Text>, _>(text(|r| &r.request_digest)),
-            bind::<Array<Timestamp>, _>(time(|r| r.effective_at)),
-            bind::<Array<Timestamp>, _>(time(|r| r.recorded_at)),
-            bind::<Array<Text>, _>(text(|r| &r.prev_hash)),
-            bind::<Array<Text>, _>(text(|r| &r.hash)),
+            bind::<Array<BigInt>, _>(column(rows, |r| r.account_id)),
+            bind::<Array<BigInt>, _>(column(rows, |r| r.seq)),
+            bind::<Array<Text>, _>(column(rows, |r| &r.kind)),
+            bind::<Array<BigInt>, _>(column(rows, |r| r.amount_micros)),
+            bind::<Array<BigInt>, _>(column(rows, |r| r.credited_delta_micros)),
+            bind::<Array<BigInt>, _>(column(rows, |r| r.charged_delta_micros)),
+            bind::<Array<BigInt>, _>(column(rows, |r| r.held_delta_micros)),
+            bind::<Array<Nullable<BigInt>>, _>(column(rows, |r| r.hold_id)),
+            bind::<Array<Nullable<Text>>, _>(column(rows, |r| r.cluster.as_deref())),
+            bind::<Array<Nullable<Text>>, _>(column(rows, |r| r.job_id.as_deref())),
+            bind::<Array<Nullable<Text>>, _>(column(rows, |r| r.partition.as_deref())),
+            bind::<Array<Nullable<Text>>, _>(column(rows, |r| r.user_name.as_deref())),
+            bind::<Array<Text>, _>(column(rows, |r| &r.actor)),
+            bind::<Array<Text>, _>(column(rows, |r| &r.reason)),
+            bind::<Array<Text>, _>(column(rows, |r| &r.flags)),
+            bind::<Array<Text>, _>(column(rows, |r| &r.idempotency_key)),
+            bind::<Array<Text>, _>(column(rows, |r| &r.request_digest)),
+            bind::<Array<Timestamp>, _>(column(rows, |r| r.effective_at)),
+            bind::<Array<Timestamp>, _>(column(rows, |r| r.recorded_at)),
+            bind::<Array<Text>, _>(column(rows, |r| &r.prev_hash)),
+            bind::<Array<Text>, _>(column(rows, |r| &r.hash)),
         ),
     )
     .load(c)
@@ -107,25 +107,17 @@ pub(crate) fn update_holds_charged(c: &mut PgConnection, holds: &[&HoldRow]) -> 
     if holds.is_empty() {
         return Ok(());
     }
-    let ints = |f: fn(&HoldRow) -> i64| holds.iter().map(|h| f(h)).collect::<Vec<i64>>();
     fixed(
         UPDATE_HOLDS_CHARGED,
         (
-            bind::<Array<BigInt>, _>(ints(|h| h.id)),
-            bind::<Array<BigInt>, _>(ints(|h| h.remaining_micros)),
-            bind::<Array<BigInt>, _>(ints(|h| h.charged_micros)),
-            bind::<Array<Text>, _>(holds.iter().map(|h| h.state.as_str()).collect::<Vec<_>>()),
-            bind::<Array<Text>, _>(holds.iter().map(|h| h.flags.as_str()).collect::<Vec<_>>()),
-            bind::<Array<Nullable<Text>>, _>(
-                holds
-                    .iter()
-                    .map(|h| h.job_id.as_deref())
-                    .collect::<Vec<_>>(),
-            ),
-            bind::<Array<Nullable<Timestamp>>, _>(
-                holds.iter().map(|h| h.resolved_at).collect::<Vec<_>>(),
-            ),
-            bind::<Array<BigInt>, _>(ints(|h| h.tasks_charged)),
+            bind::<Array<BigInt>, _>(column(holds, |h| h.id)),
+            bind::<Array<BigInt>, _>(column(holds, |h| h.remaining_micros)),
+            bind::<Array<BigInt>, _>(column(holds, |h| h.charged_micros)),
+            bind::<Array<Text>, _>(column(holds, |h| h.state.as_str())),
+            bind::<Array<Text>, _>(column(holds, |h| h.flags.as_str())),
+            bind::<Array<Nullable<Text>>, _>(column(holds, |h| h.job_id.as_deref())),
+            bind::<Array<Nullable<Timestamp>>, _>(column(holds, |h| h.resolved_at)),
+            bind::<Array<BigInt>, _>(column(holds, |h| h.tasks_charged)),
         ),
     )
     .execute(c)
@@ -160,25 +152,19 @@ pub(crate) fn update_accounts(
     if accounts.is_empty() {
         return Ok(());
     }
-    let ints = |f: fn(&AccountRow) -> i64| accounts.iter().map(|a| f(a)).collect::<Vec<i64>>();
     fixed(
         UPDATE_ACCOUNTS,
         (
             bind::<Timestamp, _>(now),
-            bind::<Array<BigInt>, _>(ints(|a| a.id)),
-            bind::<Array<BigInt>, _>(ints(|a| a.credited_micros)),
-            bind::<Array<BigInt>, _>(ints(|a| a.charged_micros)),
-            bind::<Array<BigInt>, _>(ints(|a| a.held_micros)),
-            bind::<Array<BigInt>, _>(ints(|a| a.entry_count)),
-            bind::<Array<Text>, _>(
-                accounts
-                    .iter()
-                    .map(|a| a.chain_head.as_str())
-                    .collect::<Vec<_>>(),
-            ),
-            bind::<Array<BigInt>, _>(ints(|a| a.counts.charges)),
-            bind::<Array<BigInt>, _>(ints(|a| a.counts.overruns)),
-            bind::<Array<BigInt>, _>(ints(|a| a.counts.unmatched)),
+            bind::<Array<BigInt>, _>(column(accounts, |a| a.id)),
+            bind::<Array<BigInt>, _>(column(accounts, |a| a.credited_micros)),
+            bind::<Array<BigInt>, _>(column(accounts, |a| a.charged_micros)),
+            bind::<Array<BigInt>, _>(column(accounts, |a| a.held_micros)),
+            bind::<Array<BigInt>, _>(column(accounts, |a| a.entry_count)),
+            bind::<Array<Text>, _>(column(accounts, |a| a.chain_head.as_str())),
+            bind::<Array<BigInt>, _>(column(accounts, |a| a.counts.charges)),
+            bind::<Array<BigInt>, _>(column(accounts, |a| a.counts.overruns)),
+            bind::<Array<BigInt>, _>(column(accounts, |a| a.counts.unmatched)),
         ),
     )
     .execute(c)
@@ -212,10 +198,10 @@ pub(crate) fn update_partitions(
         UPDATE_PARTITIONS,
         (
             bind::<Timestamp, _>(now),
-            bind::<Array<BigInt>, _>(rows.iter().map(|r| r.0).collect::<Vec<_>>()),
-            bind::<Array<Text>, _>(rows.iter().map(|r| r.1).collect::<Vec<_>>()),
-            bind::<Array<BigInt>, _>(rows.iter().map(|r| r.2).collect::<Vec<_>>()),
-            bind::<Array<BigInt>, _>(rows.iter().map(|r| r.3).collect::<Vec<_>>()),
+            bind::<Array<BigInt>, _>(column(rows, |r| r.0)),
+            bind::<Array<Text>, _>(column(rows, |r| r.1)),
+            bind::<Array<BigInt>, _>(column(rows, |r| r.2)),
+            bind::<Array<BigInt>, _>(column(rows, |r| r.3)),
         ),
     )
     .execute(c)
@@ -239,17 +225,19 @@ const MARK_CHARGED: &[&str] = &[
      charged_partition) WHERE r.id = v.id",
 ];
 
-/// One charged run: (cost record id, hold id, charge entry, refund entry, estimate, account,
-/// partition).
-pub(crate) type ChargedRun<'a> = (
-    i64,
-    Option<i64>,
-    i64,
-    Option<i64>,
-    Option<i64>,
-    &'a str,
-    Option<&'a str>,
-);
+/// What a run was booked as, to mark it charged.
+pub(crate) struct ChargedRun<'a> {
+    /// The cost record.
+    pub id: i64,
+    pub hold_id: Option<i64>,
+    pub charge_entry: i64,
+    pub refund_entry: Option<i64>,
+    /// The estimate the run had (for accuracy).
+    pub estimate: Option<i64>,
+    pub account: &'a str,
+    /// The partition the run ran in.
+    pub partition: Option<&'a str>,
+}
 
 /// Marks runs charged, with links to what booked them (what reconcile's per-run statement
 /// writes).
@@ -265,13 +253,13 @@ pub(crate) fn mark_charged(
         MARK_CHARGED,
         (
             bind::<Timestamp, _>(reconciled_at),
-            bind::<Array<BigInt>, _>(runs.iter().map(|r| r.0).collect::<Vec<_>>()),
-            bind::<Array<Nullable<BigInt>>, _>(runs.iter().map(|r| r.1).collect::<Vec<_>>()),
-            bind::<Array<BigInt>, _>(runs.iter().map(|r| r.2).collect::<Vec<_>>()),
-            bind::<Array<Nullable<BigInt>>, _>(runs.iter().map(|r| r.3).collect::<Vec<_>>()),
-            bind::<Array<Nullable<BigInt>>, _>(runs.iter().map(|r| r.4).collect::<Vec<_>>()),
-            bind::<Array<Text>, _>(runs.iter().map(|r| r.5).collect::<Vec<_>>()),
-            bind::<Array<Nullable<Text>>, _>(runs.iter().map(|r| r.6).collect::<Vec<_>>()),
+            bind::<Array<BigInt>, _>(column(runs, |r| r.id)),
+            bind::<Array<Nullable<BigInt>>, _>(column(runs, |r| r.hold_id)),
+            bind::<Array<BigInt>, _>(column(runs, |r| r.charge_entry)),
+            bind::<Array<Nullable<BigInt>>, _>(column(runs, |r| r.refund_entry)),
+            bind::<Array<Nullable<BigInt>>, _>(column(runs, |r| r.estimate)),
+            bind::<Array<Text>, _>(column(runs, |r| r.account)),
+            bind::<Array<Nullable<Text>>, _>(column(runs, |r| r.partition)),
         ),
     )
     .execute(c)
@@ -316,39 +304,30 @@ pub(crate) fn insert_cost_records(
         return Ok(Vec::new());
     }
     debug_assert!(rows.iter().all(|r| r.status == "pending"));
-    let ints = |f: fn(&NewCostRow<'_>) -> i64| rows.iter().map(f).collect::<Vec<i64>>();
-    let opt_int = |f: fn(&NewCostRow<'_>) -> Option<i64>| rows.iter().map(f).collect::<Vec<_>>();
-    let opt_text = |f: for<'r> fn(&'r NewCostRow<'_>) -> Option<&'r str>| {
-        rows.iter().map(f).collect::<Vec<_>>()
-    };
-    let text =
-        |f: for<'r> fn(&'r NewCostRow<'_>) -> &'r str| rows.iter().map(f).collect::<Vec<_>>();
-    let opt_time =
-        |f: fn(&NewCostRow<'_>) -> Option<NaiveDateTime>| rows.iter().map(f).collect::<Vec<_>>();
     fixed_query::<(BigInt, Text), _>(
         INSERT_COST_RECORDS,
         (
-            bind::<Array<Text>, _>(text(|r| &r.run_key)),
-            bind::<Array<Text>, _>(text(|r| &r.job_id)),
-            bind::<Array<BigInt>, _>(ints(|r| r.job_base)),
-            bind::<Array<Nullable<BigInt>>, _>(opt_int(|r| r.array_task)),
-            bind::<Array<Nullable<BigInt>>, _>(opt_int(|r| r.het_offset)),
-            bind::<Array<BigInt>, _>(ints(|r| r.run)),
-            bind::<Array<Text>, _>(text(|r| r.account)),
-            bind::<Array<BigInt>, _>(ints(|r| r.actual_micros)),
-            bind::<Array<Nullable<BigInt>>, _>(opt_int(|r| r.producer_estimate_micros)),
-            bind::<Array<Nullable<Text>>, _>(opt_text(|r| r.transaction_ref)),
-            bind::<Array<Nullable<Text>>, _>(opt_text(|r| r.job_state)),
-            bind::<Array<Nullable<Text>>, _>(opt_text(|r| r.exit_code)),
-            bind::<Array<Nullable<Text>>, _>(opt_text(|r| r.user_name)),
-            bind::<Array<Nullable<Text>>, _>(opt_text(|r| r.partition)),
-            bind::<Array<Nullable<Timestamp>>, _>(opt_time(|r| r.submitted_at)),
-            bind::<Array<Nullable<Timestamp>>, _>(opt_time(|r| r.started_at)),
-            bind::<Array<Nullable<Timestamp>>, _>(opt_time(|r| r.completed_at)),
-            bind::<Array<Nullable<Timestamp>>, _>(opt_time(|r| r.export_time)),
-            bind::<Array<Text>, _>(text(|r| &r.content_digest)),
-            bind::<Array<Timestamp>, _>(rows.iter().map(|r| r.received_at).collect::<Vec<_>>()),
-            bind::<Array<Text>, _>(text(|r| &r.instance_types)),
+            bind::<Array<Text>, _>(column(rows, |r| &r.run_key)),
+            bind::<Array<Text>, _>(column(rows, |r| &r.job_id)),
+            bind::<Array<BigInt>, _>(column(rows, |r| r.job_base)),
+            bind::<Array<Nullable<BigInt>>, _>(column(rows, |r| r.array_task)),
+            bind::<Array<Nullable<BigInt>>, _>(column(rows, |r| r.het_offset)),
+            bind::<Array<BigInt>, _>(column(rows, |r| r.run)),
+            bind::<Array<Text>, _>(column(rows, |r| r.account)),
+            bind::<Array<BigInt>, _>(column(rows, |r| r.actual_micros)),
+            bind::<Array<Nullable<BigInt>>, _>(column(rows, |r| r.producer_estimate_micros)),
+            bind::<Array<Nullable<Text>>, _>(column(rows, |r| r.transaction_ref)),
+            bind::<Array<Nullable<Text>>, _>(column(rows, |r| r.job_state)),
+            bind::<Array<Nullable<Text>>, _>(column(rows, |r| r.exit_code)),
+            bind::<Array<Nullable<Text>>, _>(column(rows, |r| r.user_name)),
+            bind::<Array<Nullable<Text>>, _>(column(rows, |r| r.partition)),
+            bind::<Array<Nullable<Timestamp>>, _>(column(rows, |r| r.submitted_at)),
+            bind::<Array<Nullable<Timestamp>>, _>(column(rows, |r| r.started_at)),
+            bind::<Array<Nullable<Timestamp>>, _>(column(rows, |r| r.completed_at)),
+            bind::<Array<Nullable<Timestamp>>, _>(column(rows, |r| r.export_time)),
+            bind::<Array<Text>, _>(column(rows, |r| &r.content_digest)),
+            bind::<Array<Timestamp>, _>(column(rows, |r| r.received_at)),
+            bind::<Array<Text>, _>(column(rows, |r| &r.instance_types)),
         ),
     )
     .load(c)
@@ -373,22 +352,18 @@ pub(crate) fn insert_spool_files(c: &mut PgConnection, rows: &[NewFileRow<'_>]) 
     if rows.is_empty() {
         return Ok(());
     }
-    let text =
-        |f: for<'r> fn(&'r NewFileRow<'_>) -> &'r str| rows.iter().map(f).collect::<Vec<_>>();
     fixed(
         INSERT_SPOOL_FILES,
         (
-            bind::<Array<Text>, _>(text(|r| r.kind)),
-            bind::<Array<Text>, _>(text(|r| r.name)),
-            bind::<Array<Text>, _>(text(|r| r.file_key)),
-            bind::<Array<Text>, _>(text(|r| r.sha256)),
-            bind::<Array<BigInt>, _>(rows.iter().map(|r| r.size_bytes).collect::<Vec<_>>()),
-            bind::<Array<Text>, _>(text(|r| r.outcome)),
-            bind::<Array<Nullable<BigInt>>, _>(
-                rows.iter().map(|r| r.record_id).collect::<Vec<_>>(),
-            ),
-            bind::<Array<Text>, _>(text(|r| &r.reasons)),
-            bind::<Array<Timestamp>, _>(rows.iter().map(|r| r.seen_at).collect::<Vec<_>>()),
+            bind::<Array<Text>, _>(column(rows, |r| r.kind)),
+            bind::<Array<Text>, _>(column(rows, |r| r.name)),
+            bind::<Array<Text>, _>(column(rows, |r| r.file_key)),
+            bind::<Array<Text>, _>(column(rows, |r| r.sha256)),
+            bind::<Array<BigInt>, _>(column(rows, |r| r.size_bytes)),
+            bind::<Array<Text>, _>(column(rows, |r| r.outcome)),
+            bind::<Array<Nullable<BigInt>>, _>(column(rows, |r| r.record_id)),
+            bind::<Array<Text>, _>(column(rows, |r| &r.reasons)),
+            bind::<Array<Timestamp>, _>(column(rows, |r| r.seen_at)),
         ),
     )
     .execute(c)

@@ -544,18 +544,16 @@ fn reconcile_one(
         }
         None => None,
     };
-    // The partition the run ran in: the hold's, else what the export says.
-    let partition = partition.as_deref().or(rec.partition.as_deref());
     mark_charged(
         conn,
-        &(
-            rec.id,
+        &charged_run(
+            rec,
             outcome.hold.as_ref().map(|h| h.id),
             outcome.charge.id,
             refund,
             estimate,
             &account,
-            partition,
+            partition.as_deref(),
         ),
         to_naive(ctx.effective_at),
     )?;
@@ -580,6 +578,28 @@ const MARK_CHARGED: &[&str] = &[
     "",
 ];
 
+/// What a run was booked as. The partition it ran in is the booking's (its hold's), else what
+/// the export says.
+fn charged_run<'a>(
+    rec: &'a CostRow,
+    hold_id: Option<i64>,
+    charge_entry: i64,
+    refund_entry: Option<i64>,
+    estimate: Option<i64>,
+    account: &'a str,
+    partition: Option<&'a str>,
+) -> pg_batch::ChargedRun<'a> {
+    pg_batch::ChargedRun {
+        id: rec.id,
+        hold_id,
+        charge_entry,
+        refund_entry,
+        estimate,
+        account,
+        partition: partition.or(rec.partition.as_deref()),
+    }
+}
+
 /// Marks a run charged, with links to what booked it (the row-by-row form of
 /// [`pg_batch::mark_charged`]).
 fn mark_charged(
@@ -588,18 +608,17 @@ fn mark_charged(
     reconciled_at: chrono::NaiveDateTime,
 ) -> Result<(), LedgerError> {
     use diesel::sql_types::{BigInt, Nullable, Text, Timestamp};
-    let &(id, hold_id, charge_entry, refund_entry, estimate, account, partition) = run;
     on_backend!(conn, |c| fixed(
         MARK_CHARGED,
         (
-            bind::<Nullable<BigInt>, _>(hold_id),
-            bind::<Nullable<BigInt>, _>(Some(charge_entry)),
-            bind::<Nullable<BigInt>, _>(refund_entry),
-            bind::<Nullable<BigInt>, _>(estimate),
-            bind::<Nullable<Text>, _>(Some(account)),
-            bind::<Nullable<Text>, _>(partition),
+            bind::<Nullable<BigInt>, _>(run.hold_id),
+            bind::<Nullable<BigInt>, _>(Some(run.charge_entry)),
+            bind::<Nullable<BigInt>, _>(run.refund_entry),
+            bind::<Nullable<BigInt>, _>(run.estimate),
+            bind::<Nullable<Text>, _>(Some(run.account)),
+            bind::<Nullable<Text>, _>(run.partition),
             bind::<Nullable<Timestamp>, _>(Some(reconciled_at)),
-            bind::<BigInt, _>(id),
+            bind::<BigInt, _>(run.id),
         )
     )
     .execute(c))?;
@@ -815,7 +834,6 @@ fn reconcile_batch(
     };
     let mut booked = booked.iter();
     let mut out = Vec::with_capacity(todo.len());
-    // (cost record id, hold, charge entry, refund entry, estimate, account, partition)
     let mut charged: Vec<pg_batch::ChargedRun<'_>> = Vec::with_capacity(todo.len());
     for (rec, plan) in todo.iter().zip(plans) {
         match plan {
@@ -831,16 +849,14 @@ fn reconcile_batch(
                     hold,
                     "reconcile planned a hold differently than the ledger booked it"
                 );
-                // The partition the run ran in: the hold's, else what the export says.
-                let partition = b.partition.as_deref().or(rec.partition.as_deref());
-                charged.push((
-                    rec.id,
+                charged.push(charged_run(
+                    rec,
                     b.hold_id,
                     b.charge_entry,
                     b.refund_entry,
                     estimate,
                     &b.account,
-                    partition,
+                    b.partition.as_deref(),
                 ));
                 out.push(One::Charged {
                     held: b.hold_id.is_some(),
