@@ -9,8 +9,10 @@
 //! 2. **asbb-checkd over loopback**, 16 concurrent clients on kept-alive connections, each
 //!    sending checks for random accounts, to a server with as many workers as clients (the
 //!    default `check.workers` is 4): throughput and p50/p99 latency with group commit
-//!    (the default) against two baselines in the same run: `GET /version` over the same
-//!    connections (HTTP alone) and `max_batch = 1` (one commit per check). SQLite with
+//!    (the default; on SQLite the WAL synced by the server's syncer thread while the writer
+//!    goes on) against baselines in the same run: `GET /version` over the same connections
+//!    (HTTP alone), on SQLite the group commit with each commit waiting for its own sync
+//!    (`sync_thread = false`), and `max_batch = 1` (one commit per check). SQLite with
 //!    `synchronous=full`; PostgreSQL beside it when `ASBB_TEST_POSTGRES_URL` is set.
 //!
 //! `cargo bench --bench check` runs the full sizes; without `--bench` (as `cargo test
@@ -23,6 +25,7 @@
 //! | `ASBB_BENCH_DECISIONS` | in-process checks per measurement | 5000 / 100 |
 //! | `ASBB_BENCH_CLIENTS` | concurrent HTTP clients | 16 / 4 |
 //! | `ASBB_BENCH_REQUESTS` | checks per client per measurement | 400 / 10 |
+//! | `ASBB_BENCH_HTTP_ROUNDS` | rounds of the asbb-checkd measurements, configurations alternating | 1 / 1 |
 
 // Rates, ratios and percentiles of timings; no money is computed in floating point here.
 #![allow(clippy::float_arithmetic)]
@@ -276,6 +279,7 @@ fn serve(
     url: &DbUrl,
     max_batch: usize,
     workers: usize,
+    sync_thread: bool,
 ) -> Result<(SocketAddr, Arc<AtomicBool>, std::thread::JoinHandle<()>)> {
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;
@@ -283,6 +287,7 @@ fn serve(
     cfg.pricing = pricing();
     cfg.max_batch = max_batch;
     cfg.workers = workers;
+    cfg.sync_thread = sync_thread;
     cfg.pricing.correction.enabled = false;
     let stop = Arc::new(AtomicBool::new(false));
     let s = Arc::clone(&stop);
@@ -294,8 +299,9 @@ fn serve(
     Ok((addr, stop, h))
 }
 
-/// The writer's group commits so far, from `GET /metrics`: (commits, checks committed).
-fn group_commits(addr: SocketAddr) -> Result<(u64, u64)> {
+/// The writer's group commits so far, from `GET /metrics`: (commits, checks committed, syncs
+/// of the WAL by the syncer).
+fn group_commits(addr: SocketAddr) -> Result<(u64, u64, u64)> {
     let mut s = TcpStream::connect(addr)?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
     s.write_all(b"GET /metrics HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n")?;
@@ -309,6 +315,7 @@ fn group_commits(addr: SocketAddr) -> Result<(u64, u64)> {
     Ok((
         counter("asbb_check_commits_total ")?,
         counter("asbb_check_committed_total ")?,
+        counter("asbb_check_syncs_total ")?,
     ))
 }
 
@@ -344,35 +351,59 @@ fn backend(label: &str, url: DbUrl, p: &Params) -> Result<()> {
     line("one check with its own commit", &alone);
     drop(conn);
 
-    for (what, batch) in [("group commit", 64), ("max_batch = 1 (baseline)", 1)] {
-        let (addr, stop, h) = serve(&url, batch, p.clients)?;
-        std::thread::sleep(Duration::from_millis(200));
-        if batch == 64 {
-            let (rate, s) = http_load(addr, p.clients, p.requests, p.accounts, false)?;
+    // Group commit as asbb-checkd runs it (on SQLite the WAL synced by a thread of its own
+    // while the writer goes on), against two baselines: on SQLite the same with each commit
+    // waiting for its own sync (`sync_thread = false`, as before the syncer), and one commit
+    // per check (`max_batch = 1`, each syncing itself). Rounds alternate the configurations.
+    let sqlite = matches!(url, DbUrl::Sqlite(_));
+    let mut configs = vec![("group commit", 64, true)];
+    if sqlite {
+        configs.push(("group commit, each commit syncs (baseline)", 64, false));
+    }
+    configs.push(("max_batch = 1 (baseline)", 1, false));
+    for round in 1..=p.http_rounds {
+        if p.http_rounds > 1 {
+            println!("  round {round}/{}", p.http_rounds);
+        }
+        for (i, &(what, batch, sync_thread)) in configs.iter().enumerate() {
+            let (addr, stop, h) = serve(&url, batch, p.clients, sync_thread)?;
+            std::thread::sleep(Duration::from_millis(200));
+            if i == 0 && round == 1 {
+                let (rate, s) = http_load(addr, p.clients, p.requests, p.accounts, false)?;
+                println!(
+                    "  GET /version, {} clients (HTTP baseline): {rate:>8.0} req/s",
+                    p.clients
+                );
+                line("", &s);
+            }
+            let (rate, s) = http_load(addr, p.clients, p.requests, p.accounts, true)?;
+            // As many workers as clients: a worker answers one connection at a time and waits
+            // for the writer, so fewer workers would cap the group commits (`check.workers`,
+            // default 4).
             println!(
-                "  GET /version, {} clients (HTTP baseline): {rate:>8.0} req/s",
-                p.clients
+                "  checks, {} clients, {} workers, {what}: {rate:>8.0} checks/s",
+                p.clients, p.clients
             );
             line("", &s);
+            let (commits, committed, syncs) = group_commits(addr)?;
+            if commits > 0 {
+                let synced = if syncs > 0 {
+                    format!(
+                        ", {syncs} WAL syncs ({:.1} commits a sync)",
+                        commits as f64 / syncs as f64
+                    )
+                } else {
+                    String::new()
+                };
+                println!(
+                    "  {:<48} {committed} checks in {commits} commits ({:.1} a commit){synced}",
+                    "",
+                    committed as f64 / commits as f64
+                );
+            }
+            stop.store(true, Ordering::Relaxed);
+            let _ = h.join();
         }
-        let (rate, s) = http_load(addr, p.clients, p.requests, p.accounts, true)?;
-        // As many workers as clients: a worker answers one connection at a time and waits for
-        // the writer, so fewer workers would cap the group commits (`check.workers`, default 4).
-        println!(
-            "  checks, {} clients, {} workers, {what}: {rate:>8.0} checks/s",
-            p.clients, p.clients
-        );
-        line("", &s);
-        let (commits, committed) = group_commits(addr)?;
-        if commits > 0 {
-            println!(
-                "  {:<48} {committed} checks in {commits} commits ({:.1} a commit)",
-                "",
-                committed as f64 / commits as f64
-            );
-        }
-        stop.store(true, Ordering::Relaxed);
-        let _ = h.join();
     }
     Ok(())
 }
@@ -382,6 +413,7 @@ struct Params {
     decisions: usize,
     clients: usize,
     requests: usize,
+    http_rounds: usize,
 }
 
 fn main() -> Result<()> {
@@ -391,6 +423,7 @@ fn main() -> Result<()> {
         decisions: env_num("ASBB_BENCH_DECISIONS", if full { 5_000 } else { 100 })?,
         clients: env_num("ASBB_BENCH_CLIENTS", if full { 16 } else { 4 })?,
         requests: env_num("ASBB_BENCH_REQUESTS", if full { 400 } else { 10 })?,
+        http_rounds: env_num("ASBB_BENCH_HTTP_ROUNDS", 1)?.max(1),
     };
     println!(
         "check benchmark ({}): {} accounts, {} clients; the machine may be shared: compare ratios",

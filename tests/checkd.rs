@@ -362,3 +362,81 @@ fn the_checkpointer_copies_committed_checks_into_the_database_file() {
     );
     assert_eq!(c.stop(), Some(0));
 }
+
+fn metrics_text(c: &Checkd) -> String {
+    let mut m = TcpStream::connect(&c.addr).unwrap();
+    m.write_all(format!("GET /metrics HTTP/1.0\r\n{AUTH}\r\n").as_bytes())
+        .unwrap();
+    let mut text = String::new();
+    m.read_to_string(&mut text).unwrap();
+    text
+}
+
+// On SQLite with `synchronous = full` the writer commits without waiting for the disk and a
+// thread of its own syncs the WAL before the answers go out; at `normal` nothing is synced per
+// commit, so there is no such thread.
+#[test]
+fn checks_on_sqlite_full_are_answered_after_a_sync_of_the_wal() {
+    for (sync, synced) in [("full", true), ("normal", false)] {
+        let db = common::TestDb::sqlite();
+        ledger(&db);
+        let c = Checkd::start_with(
+            &db.url,
+            &format!("{CONFIG}\n[database]\nsqlite_synchronous = \"{sync}\"\n"),
+        );
+        for i in 0..4 {
+            let job = format!(
+                r#"{{"account":"lab","partition":"aws","cpus":1,"wall_time":"10","request_id":"s-{i}"}}"#
+            );
+            let (code, a) = c.request(&post(&job, AUTH));
+            assert_eq!((code, &a["reason"]), (200, &"ok".into()), "{sync}: {a}");
+        }
+        let text = metrics_text(&c);
+        let commits = metric(&text, "asbb_check_commits_total").unwrap();
+        let syncs = metric(&text, "asbb_check_syncs_total").unwrap();
+        assert_eq!(commits, 4, "{sync}: {text}");
+        if synced {
+            // One sync may cover several commits, never none.
+            assert!((1..=commits).contains(&syncs), "{sync}: {text}");
+        } else {
+            assert_eq!(syncs, 0, "{sync}: {text}");
+        }
+        assert_eq!(c.stop(), Some(0), "{sync}");
+    }
+}
+
+// A WAL that cannot be synced leaves the last commit's fate unknown: its check is answered
+// 503 rather than allowed, and checkd stops with an error instead of answering more checks
+// it cannot make durable. Here the file at the WAL's name is replaced by one that is not a
+// WAL (SQLite goes on writing the file it has open, under its new name).
+#[test]
+fn a_wal_that_cannot_be_synced_stops_checkd_with_an_error() {
+    let db = common::TestDb::sqlite();
+    ledger(&db);
+    let path = db.sqlite_path().unwrap();
+    let mut c = Checkd::start_with(&db.url, CONFIG);
+    let job = |i: u32| {
+        format!(
+            r#"{{"account":"lab","partition":"aws","cpus":1,"wall_time":"10","request_id":"w-{i}"}}"#
+        )
+    };
+    let (code, a) = c.request(&post(&job(1), AUTH));
+    assert_eq!((code, &a["reason"]), (200, &"ok".into()), "{a}");
+    let mut wal = path.clone().into_os_string();
+    wal.push("-wal");
+    let wal = std::path::PathBuf::from(wal);
+    std::fs::rename(&wal, wal.with_extension("db-wal.moved")).unwrap();
+    std::fs::write(&wal, b"this is not a write-ahead log").unwrap();
+    let (code, a) = c.request(&post(&job(2), AUTH));
+    assert_eq!(
+        (code, &a["reason"]),
+        (503, &"database_unavailable".into()),
+        "{a}"
+    );
+    assert!(
+        a["message"].as_str().unwrap().contains("not a SQLite WAL"),
+        "{a}"
+    );
+    let status = c.child.wait().unwrap();
+    assert_eq!(status.code(), Some(1), "checkd must stop with an error");
+}

@@ -30,6 +30,8 @@ pub struct Metrics {
     pub commits: AtomicU64,
     /// Checks written in them.
     pub committed: AtomicU64,
+    /// Syncs of the SQLite WAL by the syncer (each for one or more commits).
+    pub syncs: AtomicU64,
     /// Requests by status code.
     requests: Mutex<BTreeMap<u16, u64>>,
     /// What the checkpointer of the SQLite WAL did, when there is one.
@@ -112,6 +114,11 @@ impl Metrics {
             out,
             "# HELP asbb_check_committed_total Checks written by those transactions.\n# TYPE asbb_check_committed_total counter\nasbb_check_committed_total {}",
             self.committed.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP asbb_check_syncs_total Syncs of the SQLite WAL by the syncer thread, each making one or more of the writer's commits durable (0 where each commit syncs itself).\n# TYPE asbb_check_syncs_total counter\nasbb_check_syncs_total {}",
+            self.syncs.load(Ordering::Relaxed)
         );
         let _ = writeln!(
             out,

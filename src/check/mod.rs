@@ -12,7 +12,11 @@
 //!   check waiting in its queue
 //!   (up to `max_batch`) and commits them in one write transaction, each in its own savepoint
 //!   (`db::check::commit` joins the caller's transaction): one disk sync for all of them, and a
-//!   check that fails is rolled back alone. Answers go out only after the commit;
+//!   check that fails is rolled back alone. Answers go out only after the commit is on disk;
+//! - on SQLite with `synchronous = full`, one **syncer** makes the writer's commits durable:
+//!   the writer commits without waiting for the disk and hands the answers over; the syncer
+//!   syncs the WAL file (one `fdatasync` for every batch waiting) and only then answers, while
+//!   the writer already writes the next batch (`sync_loop` says why that is as durable);
 //! - one **refresher** re-reads the estimate-vs-actual history for learned corrections;
 //! - on SQLite, one **checkpointer** ([`db::checkpoint`]) copies the WAL back into the
 //!   database file beside the writer, so that the writer never stops a batch of checks to do
@@ -27,9 +31,10 @@ pub mod request;
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -85,6 +90,10 @@ pub struct ServerConfig {
     pub correction_refresh: Duration,
     /// How often the checkpointer copies the SQLite WAL back (after commits of the writer).
     pub checkpoint_interval: Duration,
+    /// On SQLite with `synchronous = full`: sync the WAL on a thread of its own while the
+    /// writer goes on (true, the default), or let each commit wait for its own sync (false;
+    /// the benchmark's baseline). Answers wait for the sync either way.
+    pub sync_thread: bool,
 }
 
 impl ServerConfig {
@@ -102,6 +111,7 @@ impl ServerConfig {
             pricing: Pricing::default(),
             correction_refresh: Duration::from_secs(60),
             checkpoint_interval: db::checkpoint::INTERVAL,
+            sync_thread: true,
         }
     }
 }
@@ -201,8 +211,21 @@ struct Job {
     reply: mpsc::Sender<Result<CheckAnswer, Failure>>,
 }
 
+/// A check's answer and where it goes.
+type Reply = (
+    mpsc::Sender<Result<CheckAnswer, Failure>>,
+    Result<CheckAnswer, Failure>,
+);
+
+/// Committed batches waiting for the syncer before the writer waits for it.
+const SYNC_QUEUE: usize = 16;
+
 struct Shared {
     cfg: ServerConfig,
+    /// How the writer connects: with its own syncer, SQLite's commit does not wait for the disk.
+    writer_connect: ConnectOptions,
+    /// Set when the WAL could not be synced: nothing more is written, and `serve` fails.
+    failed: OnceLock<String>,
     stop: Arc<AtomicBool>,
     /// Connections handed to the workers and not yet picked up.
     queued: AtomicUsize,
@@ -231,8 +254,24 @@ pub fn serve(
         cfg.db_url.backend().as_str()
     );
     let workers = cfg.workers.max(1);
+    // SQLite with `synchronous = full`: the writer commits at `normal` (the commit does not
+    // wait for the disk) and the syncer syncs the WAL before anyone is answered.
+    let wal_db = match &cfg.db_url {
+        DbUrl::Sqlite(path)
+            if cfg.sync_thread && cfg.connect.sqlite_synchronous == db::SqliteSync::Full =>
+        {
+            Some(path.clone())
+        }
+        _ => None,
+    };
+    let mut writer_connect = cfg.connect.clone();
+    if wal_db.is_some() {
+        writer_connect.sqlite_synchronous = db::SqliteSync::Normal;
+    }
     let shared = Arc::new(Shared {
         cfg,
+        writer_connect,
+        failed: OnceLock::new(),
         stop: Arc::clone(&stop),
         queued: AtomicUsize::new(0),
         metrics: Metrics::default(),
@@ -250,16 +289,30 @@ pub fn serve(
         db::Backend::Sqlite => 1,
         db::Backend::Postgres => workers,
     };
+    let (syncer, durable) = match wal_db {
+        Some(db_path) => {
+            let (tx, rx) = mpsc::sync_channel::<Vec<Reply>>(SYNC_QUEUE);
+            let shared = Arc::clone(&shared);
+            let t = std::thread::Builder::new()
+                .name("checkd-sync".into())
+                .spawn(move || sync_loop(&shared, &rx, &db_path))?;
+            (Some(t), Some(tx))
+        }
+        None => (None, None),
+    };
     let mut writer_threads = Vec::with_capacity(writers);
     for i in 0..writers {
         let shared = Arc::clone(&shared);
         let rx = Arc::clone(&job_rx);
+        let durable = durable.clone();
         writer_threads.push(
             std::thread::Builder::new()
                 .name(format!("checkd-writer-{i}"))
-                .spawn(move || write_loop(&shared, &rx))?,
+                .spawn(move || write_loop(&shared, &rx, durable.as_ref()))?,
         );
     }
+    // The writers hold the only senders: the syncer ends after the last of them.
+    drop(durable);
     let refresher = {
         let shared = Arc::clone(&shared);
         std::thread::Builder::new()
@@ -305,10 +358,17 @@ pub fn serve(
     for w in writer_threads {
         let _ = w.join();
     }
+    if let Some(s) = syncer {
+        let _ = s.join();
+    }
     if let Some(c) = checkpointer {
         c.finish();
     }
     let _ = refresher.join();
+    if let Some(e) = shared.failed.get() {
+        tracing::error!("asbb-checkd stopped: {e}");
+        return Err(std::io::Error::other(e.clone()));
+    }
     tracing::info!("asbb-checkd stopped");
     Ok(())
 }
@@ -677,7 +737,11 @@ fn budget_check(
     }
 }
 
-fn write_loop(shared: &Shared, rx: &std::sync::Mutex<mpsc::Receiver<Job>>) {
+fn write_loop(
+    shared: &Shared,
+    rx: &std::sync::Mutex<mpsc::Receiver<Job>>,
+    durable: Option<&SyncSender<Vec<Reply>>>,
+) {
     let mut conn: Option<DbConn> = None;
     let max = shared.cfg.max_batch.max(1);
     loop {
@@ -703,7 +767,7 @@ fn write_loop(shared: &Shared, rx: &std::sync::Mutex<mpsc::Receiver<Job>>) {
         // Accounts in a stable order, so that two writers (two checkd on one PostgreSQL)
         // lock them in the same order.
         batch.sort_by(|a, b| a.req.account.cmp(&b.req.account));
-        write_batch(shared, &mut conn, batch);
+        write_batch(shared, &mut conn, batch, durable);
         if let Some(c) = conn.as_mut() {
             // The next batch waits meanwhile, but only when the checkpointer could not restart
             // a long WAL because this writer never paused.
@@ -715,13 +779,25 @@ fn write_loop(shared: &Shared, rx: &std::sync::Mutex<mpsc::Receiver<Job>>) {
     }
 }
 
-fn write_batch(shared: &Shared, conn: &mut Option<DbConn>, batch: Vec<Job>) {
+fn write_batch(
+    shared: &Shared,
+    conn: &mut Option<DbConn>,
+    batch: Vec<Job>,
+    durable: Option<&SyncSender<Vec<Reply>>>,
+) {
+    if let Some(e) = shared.failed.get() {
+        let f = Failure::new(503, "database_unavailable", e.clone());
+        for j in batch {
+            let _ = j.reply.send(Err(f.clone()));
+        }
+        return;
+    }
     if conn.is_none() {
         // On SQLite the checkpointer thread copies the WAL back, not the writer; the writer
         // does only if the WAL grows ten times longer than the checkpointer lets it (a
         // checkpointer that cannot connect, say), so that it stays bounded whatever happens.
         let opened =
-            db::connect_checked(&shared.cfg.db_url, &shared.cfg.connect).and_then(|mut c| {
+            db::connect_checked(&shared.cfg.db_url, &shared.writer_connect).and_then(|mut c| {
                 db::checkpoint::relieve(&mut c)?;
                 Ok(c)
             });
@@ -752,8 +828,32 @@ fn write_batch(shared: &Shared, conn: &mut Option<DbConn>, batch: Vec<Job>) {
                 .metrics
                 .committed
                 .fetch_add(batch.len() as u64, Ordering::Relaxed);
-            for (j, r) in batch.into_iter().zip(results) {
-                let _ = j.reply.send(r.map_err(|e| Failure::from(&e)));
+            let replies: Vec<Reply> = batch
+                .into_iter()
+                .zip(results)
+                .map(|(j, r)| (j.reply, r.map_err(|e| Failure::from(&e))))
+                .collect();
+            match durable {
+                // Answered by the syncer once the WAL is on disk. Every answer of a committed
+                // batch goes that way, a denial or a replayed answer too: what it says must
+                // not be lost.
+                Some(tx) => {
+                    if let Err(mpsc::SendError(replies)) = tx.send(replies) {
+                        let f = Failure::new(
+                            503,
+                            "database_unavailable",
+                            "the WAL syncer has stopped; retry with the same request_id",
+                        );
+                        for (to, _) in replies {
+                            let _ = to.send(Err(f.clone()));
+                        }
+                    }
+                }
+                None => {
+                    for (to, r) in replies {
+                        let _ = to.send(r);
+                    }
+                }
             }
         }
         Err(e) => {
@@ -771,11 +871,94 @@ fn write_batch(shared: &Shared, conn: &mut Option<DbConn>, batch: Vec<Job>) {
                     batch.len()
                 );
                 for j in batch {
-                    write_batch(shared, conn, vec![j]);
+                    write_batch(shared, conn, vec![j], durable);
                 }
             }
         }
     }
+}
+
+/// The syncer: makes the writer's commits durable, then answers them.
+///
+/// The writer commits at `synchronous = normal`: SQLite writes the WAL frames of the
+/// transaction but does not wait for the disk. This thread takes every committed batch
+/// waiting, syncs the WAL file once (`fdatasync`: what was written before the call is on disk
+/// when it returns), and only then sends the answers; meanwhile the writer writes the next
+/// batch. An answer therefore promises exactly what it promised at `synchronous = full`: a
+/// crash or a power cut after it cannot lose the hold. SQLite keeps the database consistent at
+/// `normal` (frames after the last sync are dropped whole on recovery, and the WAL header is
+/// synced when the WAL starts over); what the sync adds is that answered transactions are
+/// among those kept. Other connections may read a transaction before it is synced, as a
+/// commit of theirs (at `full`) syncs the WAL with it.
+///
+/// A failed sync leaves the batch's fate unknown: its checks are answered 503, nothing more is
+/// written, and the server stops with an error (a restart lets SQLite recover the WAL).
+fn sync_loop(shared: &Shared, rx: &mpsc::Receiver<Vec<Reply>>, db_path: &Path) {
+    loop {
+        let mut waiting = match rx.recv() {
+            Ok(r) => r,
+            // Every writer has finished.
+            Err(_) => return,
+        };
+        while let Ok(more) = rx.try_recv() {
+            waiting.extend(more);
+        }
+        match sync_wal(db_path) {
+            Ok(()) => {
+                shared.metrics.syncs.fetch_add(1, Ordering::Relaxed);
+                for (to, r) in waiting {
+                    let _ = to.send(r);
+                }
+            }
+            Err(e) => {
+                let msg = format!(
+                    "syncing the SQLite WAL of {} failed: {e}; the last checks may not be on disk",
+                    db_path.display()
+                );
+                tracing::error!("{msg}");
+                let _ = shared.failed.set(msg.clone());
+                shared.stop.store(true, Ordering::Relaxed);
+                let f = Failure::new(
+                    503,
+                    "database_unavailable",
+                    format!("{msg}; retry with the same request_id once asbb-checkd is back"),
+                );
+                for (to, _) in waiting {
+                    let _ = to.send(Err(f.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// The WAL file SQLite keeps beside the database at `db_path` (SQLite resolves symbolic links
+/// before it appends `-wal`).
+fn wal_path(db_path: &Path) -> std::io::Result<PathBuf> {
+    let mut p = std::fs::canonicalize(db_path)?.into_os_string();
+    p.push("-wal");
+    Ok(PathBuf::from(p))
+}
+
+/// The first four bytes of every SQLite WAL (the last bit names the checksum byte order).
+const WAL_MAGIC: [[u8; 4]; 2] = [[0x37, 0x7f, 0x06, 0x82], [0x37, 0x7f, 0x06, 0x83]];
+
+/// Syncs the WAL of the database at `db_path` to disk. Opened afresh each time, so that it is
+/// always the file SQLite writes; a file that is not a WAL is an error, not a silent no-op.
+fn sync_wal(db_path: &Path) -> std::io::Result<()> {
+    let path = wal_path(db_path)?;
+    let f = std::fs::File::open(&path)?;
+    // Empty after a checkpoint that truncated it: everything is in the synced database file.
+    if f.metadata()?.len() >= 4 {
+        let mut magic = [0u8; 4];
+        std::os::unix::fs::FileExt::read_exact_at(&f, &mut magic, 0)?;
+        if !WAL_MAGIC.contains(&magic) {
+            return Err(std::io::Error::other(format!(
+                "{} is not a SQLite WAL",
+                path.display()
+            )));
+        }
+    }
+    f.sync_data()
 }
 
 fn refresh_histories(shared: &Shared) {
@@ -804,5 +987,63 @@ fn refresh_loop(shared: &Shared) {
             refresh_histories(shared);
             last = Instant::now();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // SQLite names the WAL after the database file it resolved: through a symbolic link, the
+    // WAL lies beside the target, and that is the file to sync.
+    #[test]
+    fn the_wal_is_found_beside_the_resolved_database_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real");
+        std::fs::create_dir(&real).unwrap();
+        let db = real.join("ledger.db");
+        std::fs::write(&db, b"").unwrap();
+        let link = dir.path().join("link.db");
+        std::os::unix::fs::symlink(&db, &link).unwrap();
+        let expected = std::fs::canonicalize(&real).unwrap().join("ledger.db-wal");
+        assert_eq!(wal_path(&link).unwrap(), expected);
+        assert_eq!(wal_path(&db).unwrap(), expected);
+    }
+
+    #[test]
+    fn only_a_wal_is_synced() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("t.db");
+        let url = DbUrl::Sqlite(db.clone());
+        let mut c = db::connect(&url, &ConnectOptions::default(), db::Create::Allow).unwrap();
+        diesel::connection::SimpleConnection::batch_execute(
+            &mut c,
+            "CREATE TABLE t (x INTEGER); INSERT INTO t VALUES (1);",
+        )
+        .unwrap();
+        // The WAL SQLite writes.
+        sync_wal(&db).unwrap();
+        // Truncated by a checkpoint: nothing left to sync.
+        diesel::connection::SimpleConnection::batch_execute(
+            &mut c,
+            "PRAGMA wal_checkpoint(TRUNCATE);",
+        )
+        .unwrap();
+        assert_eq!(
+            std::fs::metadata(dir.path().join("t.db-wal"))
+                .unwrap()
+                .len(),
+            0
+        );
+        sync_wal(&db).unwrap();
+        // Anything else at its name is an error, and so is no file at all.
+        std::fs::write(dir.path().join("t.db-wal"), b"not a WAL").unwrap();
+        let e = sync_wal(&db).unwrap_err();
+        assert!(e.to_string().contains("is not a SQLite WAL"), "{e}");
+        std::fs::remove_file(dir.path().join("t.db-wal")).unwrap();
+        assert_eq!(
+            sync_wal(&db).unwrap_err().kind(),
+            std::io::ErrorKind::NotFound
+        );
     }
 }
