@@ -16,7 +16,10 @@
 //! - on SQLite with `synchronous = full`, one **syncer** makes the writer's commits durable:
 //!   the writer commits without waiting for the disk and hands the answers over; the syncer
 //!   syncs the WAL file (one `fdatasync` for every batch waiting) and only then answers, while
-//!   the writer already writes the next batch (`sync_loop` says why that is as durable);
+//!   the writer already writes the next batch (`sync_loop` says why that is as durable). When
+//!   no check is waiting (one client asking one check at a time, as slurmctld does), the
+//!   writer syncs and answers itself: there is nothing to overlap, and the answer is spared a
+//!   thread hop;
 //! - one **refresher** re-reads the estimate-vs-actual history for learned corrections;
 //! - on SQLite, one **checkpointer** ([`db::checkpoint`]) copies the WAL back into the
 //!   database file beside the writer, so that the writer never stops a batch of checks to do
@@ -226,6 +229,10 @@ struct Shared {
     writer_connect: ConnectOptions,
     /// Set when the WAL could not be synced: nothing more is written, and `serve` fails.
     failed: OnceLock<String>,
+    /// The SQLite database whose WAL is synced apart from the commits (`synchronous = full`).
+    wal_db: Option<PathBuf>,
+    /// Checks handed to the writers and not yet taken.
+    jobs_waiting: AtomicUsize,
     stop: Arc<AtomicBool>,
     /// Connections handed to the workers and not yet picked up.
     queued: AtomicUsize,
@@ -272,6 +279,8 @@ pub fn serve(
         cfg,
         writer_connect,
         failed: OnceLock::new(),
+        wal_db: wal_db.clone(),
+        jobs_waiting: AtomicUsize::new(0),
         stop: Arc::clone(&stop),
         queued: AtomicUsize::new(0),
         metrics: Metrics::default(),
@@ -714,14 +723,16 @@ fn budget_check(
         priced,
         reply: tx,
     };
+    shared.jobs_waiting.fetch_add(1, Ordering::AcqRel);
     match jobs.try_send(job) {
         Ok(()) => {}
         Err(_) => {
+            shared.jobs_waiting.fetch_sub(1, Ordering::AcqRel);
             return Err(fail(Failure::new(
                 503,
                 "overloaded",
                 "too many checks are waiting to be written; try again",
-            )))
+            )));
         }
     }
     // The writer answers after its commit; waiting longer than the database may wait for a
@@ -761,6 +772,7 @@ fn write_loop(
                     Err(_) => break,
                 }
             }
+            shared.jobs_waiting.fetch_sub(batch.len(), Ordering::AcqRel);
             batch
         };
         let mut batch = batch;
@@ -833,11 +845,16 @@ fn write_batch(
                 .zip(results)
                 .map(|(j, r)| (j.reply, r.map_err(|e| Failure::from(&e))))
                 .collect();
-            match durable {
+            match (durable, &shared.wal_db) {
+                // Nothing waiting to be written meanwhile (a client that sends one check at a
+                // time, as slurmctld does): sync here, and spare the answers a thread hop.
+                (Some(_), Some(db_path)) if shared.jobs_waiting.load(Ordering::Acquire) == 0 => {
+                    sync_and_answer(shared, db_path, replies);
+                }
                 // Answered by the syncer once the WAL is on disk. Every answer of a committed
                 // batch goes that way, a denial or a replayed answer too: what it says must
                 // not be lost.
-                Some(tx) => {
+                (Some(tx), _) => {
                     if let Err(mpsc::SendError(replies)) = tx.send(replies) {
                         let f = Failure::new(
                             503,
@@ -849,7 +866,7 @@ fn write_batch(
                         }
                     }
                 }
-                None => {
+                (None, _) => {
                     for (to, r) in replies {
                         let _ = to.send(r);
                     }
@@ -903,29 +920,35 @@ fn sync_loop(shared: &Shared, rx: &mpsc::Receiver<Vec<Reply>>, db_path: &Path) {
         while let Ok(more) = rx.try_recv() {
             waiting.extend(more);
         }
-        match sync_wal(db_path) {
-            Ok(()) => {
-                shared.metrics.syncs.fetch_add(1, Ordering::Relaxed);
-                for (to, r) in waiting {
-                    let _ = to.send(r);
-                }
+        sync_and_answer(shared, db_path, waiting);
+    }
+}
+
+/// Syncs the WAL, then sends the answers; if the sync fails, answers 503 instead and stops the
+/// server (see [`sync_loop`]).
+fn sync_and_answer(shared: &Shared, db_path: &Path, replies: Vec<Reply>) {
+    match sync_wal(db_path) {
+        Ok(()) => {
+            shared.metrics.syncs.fetch_add(1, Ordering::Relaxed);
+            for (to, r) in replies {
+                let _ = to.send(r);
             }
-            Err(e) => {
-                let msg = format!(
-                    "syncing the SQLite WAL of {} failed: {e}; the last checks may not be on disk",
-                    db_path.display()
-                );
-                tracing::error!("{msg}");
-                let _ = shared.failed.set(msg.clone());
-                shared.stop.store(true, Ordering::Relaxed);
-                let f = Failure::new(
-                    503,
-                    "database_unavailable",
-                    format!("{msg}; retry with the same request_id once asbb-checkd is back"),
-                );
-                for (to, _) in waiting {
-                    let _ = to.send(Err(f.clone()));
-                }
+        }
+        Err(e) => {
+            let msg = format!(
+                "syncing the SQLite WAL of {} failed: {e}; the last checks may not be on disk",
+                db_path.display()
+            );
+            tracing::error!("{msg}");
+            let _ = shared.failed.set(msg.clone());
+            shared.stop.store(true, Ordering::Relaxed);
+            let f = Failure::new(
+                503,
+                "database_unavailable",
+                format!("{msg}; retry with the same request_id once asbb-checkd is back"),
+            );
+            for (to, _) in replies {
+                let _ = to.send(Err(f.clone()));
             }
         }
     }
