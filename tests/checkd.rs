@@ -434,7 +434,10 @@ fn a_wal_that_cannot_be_synced_stops_checkd_with_an_error() {
         "{a}"
     );
     assert!(
-        a["message"].as_str().unwrap().contains("not a SQLite WAL"),
+        a["message"]
+            .as_str()
+            .unwrap()
+            .contains("is no longer the WAL the writer writes"),
         "{a}"
     );
     let status = c.child.wait().unwrap();

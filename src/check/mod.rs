@@ -229,8 +229,8 @@ struct Shared {
     writer_connect: ConnectOptions,
     /// Set when the WAL could not be synced: nothing more is written, and `serve` fails.
     failed: OnceLock<String>,
-    /// The SQLite database whose WAL is synced apart from the commits (`synchronous = full`).
-    wal_db: Option<PathBuf>,
+    /// The WAL synced apart from the commits (SQLite at `synchronous = full`).
+    wal: Option<WalFile>,
     /// Checks handed to the writers and not yet taken.
     jobs_waiting: AtomicUsize,
     stop: Arc<AtomicBool>,
@@ -279,7 +279,7 @@ pub fn serve(
         cfg,
         writer_connect,
         failed: OnceLock::new(),
-        wal_db: wal_db.clone(),
+        wal: wal_db.clone().map(WalFile::new),
         jobs_waiting: AtomicUsize::new(0),
         stop: Arc::clone(&stop),
         queued: AtomicUsize::new(0),
@@ -299,12 +299,12 @@ pub fn serve(
         db::Backend::Postgres => workers,
     };
     let (syncer, durable) = match wal_db {
-        Some(db_path) => {
+        Some(_) => {
             let (tx, rx) = mpsc::sync_channel::<Vec<Reply>>(SYNC_QUEUE);
             let shared = Arc::clone(&shared);
             let t = std::thread::Builder::new()
                 .name("checkd-sync".into())
-                .spawn(move || sync_loop(&shared, &rx, &db_path))?;
+                .spawn(move || sync_loop(&shared, &rx))?;
             (Some(t), Some(tx))
         }
         None => (None, None),
@@ -814,7 +814,14 @@ fn write_batch(
                 Ok(c)
             });
         match opened {
-            Ok(c) => *conn = Some(c),
+            Ok(c) => {
+                *conn = Some(c);
+                // Before this connection writes: a write-back error reaches only descriptors
+                // open when it happens.
+                if let Some(w) = &shared.wal {
+                    w.attach();
+                }
+            }
             Err(e) => {
                 let f = Failure::new(503, "database_unavailable", e.to_string());
                 for j in batch {
@@ -845,11 +852,11 @@ fn write_batch(
                 .zip(results)
                 .map(|(j, r)| (j.reply, r.map_err(|e| Failure::from(&e))))
                 .collect();
-            match (durable, &shared.wal_db) {
+            match (durable, &shared.wal) {
                 // Nothing waiting to be written meanwhile (a client that sends one check at a
                 // time, as slurmctld does): sync here, and spare the answers a thread hop.
-                (Some(_), Some(db_path)) if shared.jobs_waiting.load(Ordering::Acquire) == 0 => {
-                    sync_and_answer(shared, db_path, replies);
+                (Some(_), Some(wal)) if shared.jobs_waiting.load(Ordering::Acquire) == 0 => {
+                    sync_and_answer(shared, wal, replies);
                 }
                 // Answered by the syncer once the WAL is on disk. Every answer of a committed
                 // batch goes that way, a denial or a replayed answer too: what it says must
@@ -910,7 +917,8 @@ fn write_batch(
 ///
 /// A failed sync leaves the batch's fate unknown: its checks are answered 503, nothing more is
 /// written, and the server stops with an error (a restart lets SQLite recover the WAL).
-fn sync_loop(shared: &Shared, rx: &mpsc::Receiver<Vec<Reply>>, db_path: &Path) {
+fn sync_loop(shared: &Shared, rx: &mpsc::Receiver<Vec<Reply>>) {
+    let Some(wal) = &shared.wal else { return };
     loop {
         let mut waiting = match rx.recv() {
             Ok(r) => r,
@@ -920,27 +928,24 @@ fn sync_loop(shared: &Shared, rx: &mpsc::Receiver<Vec<Reply>>, db_path: &Path) {
         while let Ok(more) = rx.try_recv() {
             waiting.extend(more);
         }
-        sync_and_answer(shared, db_path, waiting);
+        sync_and_answer(shared, wal, waiting);
     }
 }
 
-/// Syncs the WAL, then sends the answers; if the sync fails, answers 503 instead and stops the
-/// server (see [`sync_loop`]).
-fn sync_and_answer(shared: &Shared, db_path: &Path, replies: Vec<Reply>) {
-    match sync_wal(db_path) {
+/// Syncs the WAL, then sends the answers; if the sync fails (now or before), answers 503
+/// instead and stops the server (see [`sync_loop`]).
+fn sync_and_answer(shared: &Shared, wal: &WalFile, replies: Vec<Reply>) {
+    match wal.sync() {
         Ok(()) => {
             shared.metrics.syncs.fetch_add(1, Ordering::Relaxed);
             for (to, r) in replies {
                 let _ = to.send(r);
             }
         }
-        Err(e) => {
-            let msg = format!(
-                "syncing the SQLite WAL of {} failed: {e}; the last checks may not be on disk",
-                db_path.display()
-            );
-            tracing::error!("{msg}");
-            let _ = shared.failed.set(msg.clone());
+        Err(msg) => {
+            if shared.failed.set(msg.clone()).is_ok() {
+                tracing::error!("{msg}");
+            }
             shared.stop.store(true, Ordering::Relaxed);
             let f = Failure::new(
                 503,
@@ -954,7 +959,7 @@ fn sync_and_answer(shared: &Shared, db_path: &Path, replies: Vec<Reply>) {
     }
 }
 
-/// The WAL file SQLite keeps beside the database at `db_path` (SQLite resolves symbolic links
+/// The WAL file SQLite writes beside the database at `db_path` (SQLite resolves symbolic links
 /// before it appends `-wal`).
 fn wal_path(db_path: &Path) -> std::io::Result<PathBuf> {
     let mut p = std::fs::canonicalize(db_path)?.into_os_string();
@@ -965,13 +970,84 @@ fn wal_path(db_path: &Path) -> std::io::Result<PathBuf> {
 /// The first four bytes of every SQLite WAL (the last bit names the checksum byte order).
 const WAL_MAGIC: [[u8; 4]; 2] = [[0x37, 0x7f, 0x06, 0x82], [0x37, 0x7f, 0x06, 0x83]];
 
-/// Syncs the WAL of the database at `db_path` to disk. Opened afresh each time, so that it is
-/// always the file SQLite writes; a file that is not a WAL is an error, not a silent no-op.
-fn sync_wal(db_path: &Path) -> std::io::Result<()> {
-    let path = wal_path(db_path)?;
-    let f = std::fs::File::open(&path)?;
-    // Empty after a checkpoint that truncated it: everything is in the synced database file.
-    if f.metadata()?.len() >= 4 {
+/// The WAL of the writer's database, held open for its syncs.
+///
+/// Linux reports a failed write-back to each descriptor open when it happened, once, and
+/// SQLite's own descriptors of the file (the checkpointer's, which syncs the WAL before it
+/// copies it back) may see it first. So the file is opened when the writer connects, before it
+/// writes, and kept for as long as it is the file at the WAL's name (a reconnection to the
+/// same file keeps the older descriptor). Syncs go through it one at a time, and a failure
+/// sticks: once a sync has failed, no later one succeeds, since the pages it could not write
+/// may be gone from memory and a successful sync would then answer for a WAL whose recovery
+/// stops before them.
+struct WalFile {
+    db_path: PathBuf,
+    held: std::sync::Mutex<HeldWal>,
+}
+
+#[derive(Default)]
+struct HeldWal {
+    /// The open WAL and its device and inode.
+    file: Option<(std::fs::File, u64, u64)>,
+    /// Why a sync failed; every later sync fails with it.
+    failed: Option<String>,
+}
+
+impl WalFile {
+    fn new(db_path: PathBuf) -> WalFile {
+        WalFile {
+            db_path,
+            held: std::sync::Mutex::new(HeldWal::default()),
+        }
+    }
+
+    /// After the writer (re)connects: opens the WAL now, unless the one held is still the file
+    /// at its name. A WAL that cannot be opened yet is opened at the first sync, which fails if
+    /// it still cannot.
+    fn attach(&self) {
+        let Ok(mut held) = self.held.lock() else {
+            return;
+        };
+        if held.failed.is_some() {
+            return;
+        }
+        let Ok((f, dev, ino)) = wal_path(&self.db_path).and_then(|p| open_wal(&p)) else {
+            return;
+        };
+        if !matches!(&held.file, Some((_, d, i)) if (*d, *i) == (dev, ino)) {
+            held.file = Some((f, dev, ino));
+        }
+    }
+
+    /// Syncs the WAL to disk (`fdatasync`), or says why it could not.
+    fn sync(&self) -> Result<(), String> {
+        let mut held = self
+            .held
+            .lock()
+            .map_err(|_| "the WAL syncer failed earlier".to_string())?;
+        if let Some(e) = &held.failed {
+            return Err(e.clone());
+        }
+        let r = sync_held(&self.db_path, &mut held.file).map_err(|e| {
+            format!(
+                "syncing the SQLite WAL of {} failed: {e}; the last checks may not be on disk",
+                self.db_path.display()
+            )
+        });
+        if let Err(e) = &r {
+            held.failed = Some(e.clone());
+        }
+        r
+    }
+}
+
+/// Opens a WAL, checking that it is one (empty is fine: a checkpoint truncated it and
+/// everything is in the synced database file).
+fn open_wal(path: &Path) -> std::io::Result<(std::fs::File, u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let f = std::fs::File::open(path)?;
+    let m = f.metadata()?;
+    if m.len() >= 4 {
         let mut magic = [0u8; 4];
         std::os::unix::fs::FileExt::read_exact_at(&f, &mut magic, 0)?;
         if !WAL_MAGIC.contains(&magic) {
@@ -980,6 +1056,32 @@ fn sync_wal(db_path: &Path) -> std::io::Result<()> {
                 path.display()
             )));
         }
+    }
+    Ok((f, m.dev(), m.ino()))
+}
+
+fn sync_held(db_path: &Path, file: &mut Option<(std::fs::File, u64, u64)>) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let path = wal_path(db_path)?;
+    if file.is_none() {
+        *file = Some(open_wal(&path)?);
+    }
+    let (f, dev, ino) = file.as_ref().expect("opened above");
+    // The file at the WAL's name must be the one held: recovery reads that one.
+    match std::fs::metadata(&path) {
+        Ok(m) if (m.dev(), m.ino()) == (*dev, *ino) => {}
+        Ok(_) => {
+            return Err(std::io::Error::other(format!(
+                "{} is no longer the WAL the writer writes (moved or replaced)",
+                path.display()
+            )))
+        }
+        // SQLite deletes the WAL when its last connection closes, after copying all of it into
+        // the synced database file: nothing is left to sync.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && f.metadata()?.nlink() == 0 => {
+            return Ok(())
+        }
+        Err(e) => return Err(e),
     }
     f.sync_data()
 }
@@ -1034,39 +1136,45 @@ mod tests {
     }
 
     #[test]
-    fn only_a_wal_is_synced() {
+    fn only_the_wal_the_writer_writes_is_synced_and_a_failure_sticks() {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("t.db");
+        let wal = dir.path().join("t.db-wal");
         let url = DbUrl::Sqlite(db.clone());
         let mut c = db::connect(&url, &ConnectOptions::default(), db::Create::Allow).unwrap();
-        diesel::connection::SimpleConnection::batch_execute(
+        let exec = |c: &mut DbConn, sql: &str| {
+            diesel::connection::SimpleConnection::batch_execute(c, sql).unwrap()
+        };
+        exec(
             &mut c,
             "CREATE TABLE t (x INTEGER); INSERT INTO t VALUES (1);",
-        )
-        .unwrap();
-        // The WAL SQLite writes.
-        sync_wal(&db).unwrap();
-        // Truncated by a checkpoint: nothing left to sync.
-        diesel::connection::SimpleConnection::batch_execute(
-            &mut c,
-            "PRAGMA wal_checkpoint(TRUNCATE);",
-        )
-        .unwrap();
-        assert_eq!(
-            std::fs::metadata(dir.path().join("t.db-wal"))
-                .unwrap()
-                .len(),
-            0
         );
-        sync_wal(&db).unwrap();
-        // Anything else at its name is an error, and so is no file at all.
-        std::fs::write(dir.path().join("t.db-wal"), b"not a WAL").unwrap();
-        let e = sync_wal(&db).unwrap_err();
-        assert!(e.to_string().contains("is not a SQLite WAL"), "{e}");
-        std::fs::remove_file(dir.path().join("t.db-wal")).unwrap();
-        assert_eq!(
-            sync_wal(&db).unwrap_err().kind(),
-            std::io::ErrorKind::NotFound
-        );
+        let w = WalFile::new(db.clone());
+        w.attach();
+        w.sync().unwrap();
+        // Truncated by a checkpoint, the same file: nothing left to sync, still fine.
+        exec(&mut c, "PRAGMA wal_checkpoint(TRUNCATE);");
+        assert_eq!(std::fs::metadata(&wal).unwrap().len(), 0);
+        w.sync().unwrap();
+        exec(&mut c, "INSERT INTO t VALUES (2);");
+        w.sync().unwrap();
+        // Another file at the WAL's name: recovery would read that one. The failure sticks,
+        // also once the right file is back.
+        std::fs::rename(&wal, dir.path().join("moved")).unwrap();
+        std::fs::write(&wal, b"not a WAL").unwrap();
+        let e = w.sync().unwrap_err();
+        assert!(e.contains("is no longer the WAL the writer writes"), "{e}");
+        std::fs::rename(dir.path().join("moved"), &wal).unwrap();
+        assert_eq!(w.sync().unwrap_err(), e);
+
+        // Opened afresh: a file that is not a WAL is refused, and so is none at all.
+        std::fs::write(&wal, b"not a WAL").unwrap();
+        let fresh = WalFile::new(db.clone());
+        fresh.attach();
+        let e = fresh.sync().unwrap_err();
+        assert!(e.contains("is not a SQLite WAL"), "{e}");
+        std::fs::remove_file(&wal).unwrap();
+        let e = WalFile::new(db.clone()).sync().unwrap_err();
+        assert!(e.contains("No such file"), "{e}");
     }
 }
