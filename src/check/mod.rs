@@ -279,7 +279,7 @@ pub fn serve(
         cfg,
         writer_connect,
         failed: OnceLock::new(),
-        wal: wal_db.clone().map(WalFile::new),
+        wal: wal_db.map(WalFile::new),
         jobs_waiting: AtomicUsize::new(0),
         stop: Arc::clone(&stop),
         queued: AtomicUsize::new(0),
@@ -298,16 +298,15 @@ pub fn serve(
         db::Backend::Sqlite => 1,
         db::Backend::Postgres => workers,
     };
-    let (syncer, durable) = match wal_db {
-        Some(_) => {
-            let (tx, rx) = mpsc::sync_channel::<Vec<Reply>>(SYNC_QUEUE);
-            let shared = Arc::clone(&shared);
-            let t = std::thread::Builder::new()
-                .name("checkd-sync".into())
-                .spawn(move || sync_loop(&shared, &rx))?;
-            (Some(t), Some(tx))
-        }
-        None => (None, None),
+    let (syncer, durable) = if shared.wal.is_some() {
+        let (tx, rx) = mpsc::sync_channel::<Vec<Reply>>(SYNC_QUEUE);
+        let shared = Arc::clone(&shared);
+        let t = std::thread::Builder::new()
+            .name("checkd-sync".into())
+            .spawn(move || sync_loop(&shared, &rx))?;
+        (Some(t), Some(tx))
+    } else {
+        (None, None)
     };
     let mut writer_threads = Vec::with_capacity(writers);
     for i in 0..writers {
@@ -987,8 +986,8 @@ struct WalFile {
 
 #[derive(Default)]
 struct HeldWal {
-    /// The open WAL and its device and inode.
-    file: Option<(std::fs::File, u64, u64)>,
+    /// The open WAL.
+    file: Option<OpenWal>,
     /// Why a sync failed; every later sync fails with it.
     failed: Option<String>,
 }
@@ -1011,11 +1010,11 @@ impl WalFile {
         if held.failed.is_some() {
             return;
         }
-        let Ok((f, dev, ino)) = wal_path(&self.db_path).and_then(|p| open_wal(&p)) else {
+        let Ok(w) = open_wal(&self.db_path) else {
             return;
         };
-        if !matches!(&held.file, Some((_, d, i)) if (*d, *i) == (dev, ino)) {
-            held.file = Some((f, dev, ino));
+        if !matches!(&held.file, Some(h) if (h.dev, h.ino) == (w.dev, w.ino)) {
+            held.file = Some(w);
         }
     }
 
@@ -1043,9 +1042,10 @@ impl WalFile {
 
 /// Opens a WAL, checking that it is one (empty is fine: a checkpoint truncated it and
 /// everything is in the synced database file).
-fn open_wal(path: &Path) -> std::io::Result<(std::fs::File, u64, u64)> {
+fn open_wal(db_path: &Path) -> std::io::Result<OpenWal> {
     use std::os::unix::fs::MetadataExt;
-    let f = std::fs::File::open(path)?;
+    let path = wal_path(db_path)?;
+    let f = std::fs::File::open(&path)?;
     let m = f.metadata()?;
     if m.len() >= 4 {
         let mut magic = [0u8; 4];
@@ -1057,19 +1057,33 @@ fn open_wal(path: &Path) -> std::io::Result<(std::fs::File, u64, u64)> {
             )));
         }
     }
-    Ok((f, m.dev(), m.ino()))
+    Ok(OpenWal {
+        file: f,
+        dev: m.dev(),
+        ino: m.ino(),
+        path,
+    })
 }
 
-fn sync_held(db_path: &Path, file: &mut Option<(std::fs::File, u64, u64)>) -> std::io::Result<()> {
+/// A WAL held open, with its name as resolved when it was opened (as SQLite resolved it) and
+/// its device and inode.
+struct OpenWal {
+    file: std::fs::File,
+    path: PathBuf,
+    dev: u64,
+    ino: u64,
+}
+
+fn sync_held(db_path: &Path, file: &mut Option<OpenWal>) -> std::io::Result<()> {
     use std::os::unix::fs::MetadataExt;
-    let path = wal_path(db_path)?;
     if file.is_none() {
-        *file = Some(open_wal(&path)?);
+        *file = Some(open_wal(db_path)?);
     }
-    let (f, dev, ino) = file.as_ref().expect("opened above");
+    let w = file.as_ref().expect("opened above");
+    let (f, path) = (&w.file, &w.path);
     // The file at the WAL's name must be the one held: recovery reads that one.
-    match std::fs::metadata(&path) {
-        Ok(m) if (m.dev(), m.ino()) == (*dev, *ino) => {}
+    match std::fs::metadata(path) {
+        Ok(m) if (m.dev(), m.ino()) == (w.dev, w.ino) => {}
         Ok(_) => {
             return Err(std::io::Error::other(format!(
                 "{} is no longer the WAL the writer writes (moved or replaced)",
