@@ -443,3 +443,144 @@ fn a_wal_that_cannot_be_synced_stops_checkd_with_an_error() {
     let status = c.child.wait().unwrap();
     assert_eq!(status.code(), Some(1), "checkd must stop with an error");
 }
+
+/// Counts rows of the ledger with a query returning `n`.
+fn count(db: &common::TestDb, sql: &str) -> i64 {
+    use diesel::{QueryableByName, RunQueryDsl};
+    #[derive(QueryableByName)]
+    struct N {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let mut c = db.conn();
+    diesel::sql_query(sql).get_result::<N>(&mut c).unwrap().n
+}
+
+// The writer commits many checks in one transaction, without a savepoint per check. A check
+// that fails after writing part of itself (here the `checks` row is refused, after the hold
+// was placed) must take nothing with it: the batch is rolled back, its other checks are
+// written again one by one and answered, and the failed one leaves no hold behind.
+db_test!(
+    a_check_that_fails_half_written_leaves_nothing_and_spares_its_batch,
+    |db| {
+        ledger(&db);
+        let o = Command::new(env!("CARGO_BIN_EXE_asbb"))
+            .args([
+                "account",
+                "create",
+                "--account",
+                "bad",
+                "--name",
+                "Bad",
+                "--budget",
+                "10",
+                "--start",
+                "2020-01-01",
+                "--end",
+                "2099-12-31",
+            ])
+            .env("ASBB_DATABASE_URL", &db.url)
+            .env("ASBB_CONFIG", "/dev/null")
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        {
+            use diesel::connection::SimpleConnection;
+            let mut c = db.conn();
+            let sql = if db.url.starts_with("postgres") {
+                "CREATE FUNCTION refuse_bad() RETURNS trigger AS $$ BEGIN \
+               IF NEW.account = 'bad' THEN RAISE EXCEPTION 'injected failure'; END IF; \
+               RETURN NEW; END $$ LANGUAGE plpgsql; \
+             CREATE TRIGGER refuse_bad BEFORE INSERT ON checks \
+               FOR EACH ROW EXECUTE FUNCTION refuse_bad();"
+            } else {
+                "CREATE TRIGGER refuse_bad BEFORE INSERT ON checks WHEN NEW.account = 'bad' \
+             BEGIN SELECT RAISE(ABORT, 'injected failure'); END;"
+            };
+            c.batch_execute(sql).unwrap();
+        }
+        let config = CONFIG.replace(
+            "request_timeout = \"1s\"\n",
+            "request_timeout = \"1s\"\nworkers = 8\n",
+        );
+        assert!(config.contains("workers = 8"));
+        let c = Checkd::start_with(&db.url, &config);
+        // Eight clients at once, so that checks share group commits; every other one asks for the
+        // account whose `checks` rows are refused.
+        let addr = c.addr.clone();
+        let answers: Vec<(String, u16, serde_json::Value)> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8)
+            .map(|t| {
+                let addr = addr.clone();
+                s.spawn(move || {
+                    let account = if t % 2 == 0 { "lab" } else { "bad" };
+                    (0..5)
+                        .map(|i| {
+                            let job = format!(
+                                r#"{{"account":"{account}","partition":"aws","cpus":1,"wall_time":"10","request_id":"h-{t}-{i}"}}"#
+                            );
+                            let mut s = TcpStream::connect(&addr).unwrap();
+                            s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+                            s.write_all(post(&job, AUTH).as_bytes()).unwrap();
+                            let mut out = String::new();
+                            s.read_to_string(&mut out).unwrap();
+                            let code = out.split_whitespace().nth(1).unwrap().parse().unwrap();
+                            let body = out.split("\r\n\r\n").nth(1).unwrap_or("");
+                            (account.to_string(), code, serde_json::from_str(body).unwrap())
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().unwrap())
+                .collect()
+        });
+        for (account, code, a) in &answers {
+            if account == "lab" {
+                assert_eq!((*code, &a["reason"]), (200, &"ok".into()), "{a}");
+            } else {
+                assert_eq!(*code, 503, "{a}");
+                assert_eq!(a["available"], false, "{a}");
+            }
+        }
+        let lab = "(SELECT id FROM accounts WHERE name = 'lab')";
+        let bad = "(SELECT id FROM accounts WHERE name = 'bad')";
+        // Each allowed check placed its hold once, with its journal entry and its `checks` row.
+        for (sql, want) in [
+            (
+                format!("SELECT COUNT(*) AS n FROM holds WHERE account_id = {lab}"),
+                20,
+            ),
+            (
+                format!(
+                    "SELECT COUNT(*) AS n FROM journal WHERE account_id = {lab} AND kind = 'hold'"
+                ),
+                20,
+            ),
+            (
+                "SELECT COUNT(*) AS n FROM checks WHERE account = 'lab'".to_string(),
+                20,
+            ),
+            // The refused ones left nothing: no hold, no entry, nothing held on the account.
+            (
+                format!("SELECT COUNT(*) AS n FROM holds WHERE account_id = {bad}"),
+                0,
+            ),
+            (
+                format!(
+                    "SELECT COUNT(*) AS n FROM journal WHERE account_id = {bad} AND kind = 'hold'"
+                ),
+                0,
+            ),
+            (
+                "SELECT held_micros AS n FROM accounts WHERE name = 'bad'".to_string(),
+                0,
+            ),
+        ] {
+            assert_eq!(count(&db, &sql), want, "{sql}");
+        }
+        assert_eq!(c.stop(), Some(0));
+    }
+);

@@ -10,9 +10,11 @@
 //!   checks (reading plans on their own connections), and answers;
 //! - one **writer** (on PostgreSQL, one per worker) owns a write connection. It takes every
 //!   check waiting in its queue
-//!   (up to `max_batch`) and commits them in one write transaction, each in its own savepoint
-//!   (`db::check::commit` joins the caller's transaction): one disk sync for all of them, and a
-//!   check that fails is rolled back alone. Answers go out only after the commit is on disk;
+//!   (up to `max_batch`) and commits them in one write transaction (`db::check::commit` joins
+//!   the caller's transaction, without a savepoint): one disk sync for all of them. When one
+//!   check fails, the batch is rolled back and its checks are written again one transaction
+//!   each, so that one bad check cannot fail the others. Answers go out only after the commit
+//!   is on disk;
 //! - on SQLite with `synchronous = full`, one **syncer** makes the writer's commits durable:
 //!   the writer commits without waiting for the disk and hands the answers over; the syncer
 //!   syncs the WAL file (one `fdatasync` for every batch waiting) and only then answers, while
@@ -832,10 +834,13 @@ fn write_batch(
     }
     let c = conn.as_mut().expect("connected above");
     let pricing = &shared.cfg.pricing;
+    // The checks join this transaction without savepoints (`check::commit`): one that fails
+    // may have written part of itself, so the whole batch is rolled back and, below, written
+    // again one check a transaction.
     let result = db::write_transaction(c, |c| {
         let mut out = Vec::with_capacity(batch.len());
         for j in &batch {
-            out.push(check::commit(c, &j.ctx, pricing, &j.req, &j.priced));
+            out.push(check::commit(c, &j.ctx, pricing, &j.req, &j.priced)?);
         }
         Ok::<_, CheckError>(out)
     });
@@ -849,7 +854,7 @@ fn write_batch(
             let replies: Vec<Reply> = batch
                 .into_iter()
                 .zip(results)
-                .map(|(j, r)| (j.reply, r.map_err(|e| Failure::from(&e))))
+                .map(|(j, r)| (j.reply, Ok(r)))
                 .collect();
             match (durable, &shared.wal) {
                 // Nothing waiting to be written meanwhile (a client that sends one check at a
@@ -880,19 +885,25 @@ fn write_batch(
             }
         }
         Err(e) => {
-            *conn = None;
+            // A check refused for what it asks (a request id reused for another request, a
+            // hold to replace that does not exist) leaves the connection as good as it was.
+            if e.is_db_failure() {
+                *conn = None;
+            }
             if batch.len() == 1 {
                 let f = Failure::from(&e);
                 for j in batch {
                     let _ = j.reply.send(Err(f.clone()));
                 }
             } else {
-                // One commit for many failed (a deadlock, a lost connection): try each alone,
-                // so one bad check cannot fail the others.
-                tracing::warn!(
-                    "a group commit of {} checks failed ({e}); writing them one by one",
-                    batch.len()
-                );
+                // One commit for many failed (a check refused, a deadlock, a lost connection):
+                // try each alone, so one bad check cannot fail the others.
+                if e.is_db_failure() {
+                    tracing::warn!(
+                        "a group commit of {} checks failed ({e}); writing them one by one",
+                        batch.len()
+                    );
+                }
                 for j in batch {
                     write_batch(shared, conn, vec![j], durable);
                 }

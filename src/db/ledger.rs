@@ -1232,6 +1232,10 @@ pub enum HoldOutcome {
 }
 
 /// Places a hold, checking pessimistically that the account can cover it.
+///
+/// Everything is decided before anything is written, so inside a caller's transaction it
+/// joins that one without a savepoint ([`joined_write_transaction`]): only a database error
+/// (or a race for the key) can stop it half-way, and the caller must then roll back.
 pub fn place_hold(
     conn: &mut DbConn,
     ctx: &OpContext,
@@ -1273,7 +1277,7 @@ pub fn place_hold(
             "an array hold covers at least one task",
         ));
     }
-    write_transaction(conn, |conn| {
+    joined_write_transaction(conn, |conn| {
         let mut acct = match lock_account(conn, req.account) {
             Ok(a) => a,
             Err(LedgerError::UnknownAccount(a)) => {
