@@ -19,6 +19,9 @@
 //! commits back to back (`asbb reconcile`) grew the WAL past a gigabyte. When the writer does
 //! not pause, the checkpointer asks it instead: the batch loops call [`between_transactions`]
 //! after each commit, and there the writer restarts the WAL itself, with no write in its way.
+//! A restart holds the writer up for about 10 ms (it syncs the database file), so
+//! `asbb-checkd`, whose checks wait for every commit, restarts at a longer WAL
+//! ([`Checkpointer::start_restarting_at`]).
 //!
 //! On PostgreSQL there is nothing to do: [`Checkpointer::start`] returns `None`.
 
@@ -44,8 +47,15 @@ pub const WRITER_FALLBACK_PAGES: i64 = 10 * WAL_AUTOCHECKPOINT_PAGES;
 pub const RESTART_WAIT: Duration = Duration::from_millis(10);
 
 /// The WAL length, in pages, past which the checkpointer that could not restart the WAL asks
-/// the writer to ([`between_transactions`]).
+/// the writer to ([`between_transactions`]), for the usual restart length.
 pub const WRITER_RESTART_PAGES: i64 = 3 * WAL_AUTOCHECKPOINT_PAGES;
+
+/// Past which length the checkpointer asks the writer to restart the WAL, when it restarts
+/// it itself at `restart_pages`: three times that, and at most half the length at which the
+/// writer checkpoints by itself.
+fn writer_restart_pages(restart_pages: i64) -> i64 {
+    (3 * restart_pages).min(WRITER_FALLBACK_PAGES / 2)
+}
 
 /// How long a writer's restart in [`between_transactions`] waits for readers of the WAL.
 const WRITER_RESTART_WAIT: Duration = Duration::from_millis(100);
@@ -228,12 +238,28 @@ pub struct Checkpointer {
 }
 
 impl Checkpointer {
-    /// Starts checkpointing `url` every `interval`; `None` on PostgreSQL.
+    /// Starts checkpointing `url` every `interval`, restarting the WAL once it is
+    /// [`WAL_AUTOCHECKPOINT_PAGES`] long; `None` on PostgreSQL.
     pub fn start(
         url: &DbUrl,
         opts: &ConnectOptions,
         interval: Duration,
     ) -> std::io::Result<Option<Checkpointer>> {
+        Checkpointer::start_restarting_at(url, opts, interval, WAL_AUTOCHECKPOINT_PAGES)
+    }
+
+    /// Like [`start`](Self::start), but the WAL is restarted only once it is `restart_pages`
+    /// long (at most half of [`WRITER_FALLBACK_PAGES`]). A restart holds the writer up while it
+    /// copies what was committed since the pass before it and syncs the database file (about
+    /// 10 ms on a virtual disk): a writer that commits back to back pays that once per
+    /// `restart_pages` pages, so `asbb-checkd` restarts less often than the batch jobs.
+    pub fn start_restarting_at(
+        url: &DbUrl,
+        opts: &ConnectOptions,
+        interval: Duration,
+        restart_pages: i64,
+    ) -> std::io::Result<Option<Checkpointer>> {
+        let restart_pages = restart_pages.clamp(1, WRITER_FALLBACK_PAGES / 2);
         if !matches!(url, DbUrl::Sqlite(_)) {
             return Ok(None);
         }
@@ -244,7 +270,7 @@ impl Checkpointer {
             let (stop, stats) = (Arc::clone(&stop), Arc::clone(&stats));
             std::thread::Builder::new()
                 .name("asbb-checkpoint".into())
-                .spawn(move || run(&url, &opts, interval, &stop, &stats))?
+                .spawn(move || run(&url, &opts, interval, restart_pages, &stop, &stats))?
         };
         Ok(Some(Checkpointer {
             stop,
@@ -287,6 +313,7 @@ fn run(
     url: &DbUrl,
     opts: &ConnectOptions,
     interval: Duration,
+    restart_pages: i64,
     stop: &AtomicBool,
     stats: &WalStats,
 ) {
@@ -295,7 +322,7 @@ fn run(
     let mut failing = false;
     loop {
         let last = stop.load(Ordering::Relaxed);
-        match pass(url, opts, &mut conn, stats) {
+        match pass(url, opts, restart_pages, &mut conn, stats) {
             Ok(()) if failing => {
                 tracing::info!("checkpointer: checkpointing again");
                 failing = false;
@@ -319,6 +346,7 @@ fn run(
 fn pass(
     url: &DbUrl,
     opts: &ConnectOptions,
+    restart_pages: i64,
     conn: &mut Option<DbConn>,
     stats: &WalStats,
 ) -> Result<(), String> {
@@ -329,7 +357,7 @@ fn pass(
     }
     let c = conn.as_mut().expect("connected above");
     let r = wal_checkpoint(c, CheckpointMode::Passive).and_then(|state| match state {
-        Some(s) if s.frames >= WAL_AUTOCHECKPOINT_PAGES => {
+        Some(s) if s.frames >= restart_pages => {
             stats.checkpoints.fetch_add(1, Ordering::Relaxed);
             let again = restart_waiting_at_most(c, RESTART_WAIT)?;
             match (again, url) {
@@ -337,7 +365,7 @@ fn pass(
                     // The writer did not pause. Past a few times the usual length it restarts
                     // the WAL between its transactions (copying back what was committed since
                     // this pass, which costs it time; hence not at once).
-                    if a.frames >= WRITER_RESTART_PAGES {
+                    if a.frames >= writer_restart_pages(restart_pages) {
                         let file = std::fs::canonicalize(file).unwrap_or_else(|_| file.clone());
                         want_restart(&file);
                     }
@@ -457,6 +485,41 @@ mod tests {
             diesel::RunQueryDsl::get_result(diesel::sql_query("SELECT COUNT(*) AS n FROM t"), r)
                 .unwrap();
         assert_eq!(n.n, 12_000);
+    }
+
+    // asbb-checkd restarts the WAL at a longer length than the batch jobs: the same 12,000
+    // pages that make the usual checkpointer restart (above) are only copied back by one that
+    // restarts at 30,000, and its writer's limit is unchanged.
+    #[test]
+    fn a_checkpointer_restarting_at_a_longer_wal_leaves_a_shorter_one_alone() {
+        assert_eq!(
+            writer_restart_pages(WAL_AUTOCHECKPOINT_PAGES),
+            WRITER_RESTART_PAGES
+        );
+        assert_eq!(writer_restart_pages(40_000), WRITER_FALLBACK_PAGES / 2);
+        let dir = tempfile::tempdir().unwrap();
+        let url = DbUrl::Sqlite(dir.path().join("t.db"));
+        let opts = ConnectOptions::default();
+        let mut w = connect(&url, &opts, Create::Allow).unwrap();
+        w.batch_execute("CREATE TABLE t (x BLOB)").unwrap();
+        let c = Checkpointer::start_restarting_at(&url, &opts, Duration::from_millis(20), 30_000)
+            .unwrap()
+            .expect("a checkpointer for SQLite");
+        c.relieve(&mut w).unwrap();
+        let stats = c.stats();
+        for _ in 0..120 {
+            commit_pages(&mut w, 100);
+        }
+        let before = stats.checkpoints.load(Ordering::Relaxed);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while stats.checkpoints.load(Ordering::Relaxed) < before + 3
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        c.finish();
+        assert_eq!(stats.restarts.load(Ordering::Relaxed), 0, "{stats:?}");
+        assert!(stats.frames.load(Ordering::Relaxed) >= 12_000, "{stats:?}");
     }
 
     #[test]
