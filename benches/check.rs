@@ -50,6 +50,10 @@ use diesel::pg::PgConnection;
 use diesel::Connection;
 use rust_decimal::Decimal;
 
+// The allocator asbb-checkd runs with (`src/bin/asbb-checkd.rs`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 static SEQ: AtomicU64 = AtomicU64::new(1);
 
 fn env_num(name: &str, default: usize) -> Result<usize> {

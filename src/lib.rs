@@ -13,8 +13,3 @@ pub mod domain;
 pub mod exit;
 pub mod report;
 pub mod spool;
-
-/// mimalloc for every allocation of every binary, test and benchmark (and, through its
-/// `override` feature, of SQLite and libpq as well): see `Cargo.toml`.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
