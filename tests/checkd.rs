@@ -109,30 +109,33 @@ request_timeout = "1s"
 cpu_hour = "0.60"
 "#;
 
+/// The ledger of most tests: account `lab` with $10.
 fn ledger(db: &common::TestDb) {
-    let asbb = |args: &[&str]| {
-        let o = Command::new(env!("CARGO_BIN_EXE_asbb"))
-            .args(args)
-            .env("ASBB_DATABASE_URL", &db.url)
-            .env("ASBB_CONFIG", "/dev/null")
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    };
-    asbb(&[
-        "account",
-        "create",
-        "--account",
-        "lab",
-        "--name",
-        "Lab",
-        "--budget",
-        "10",
-        "--start",
-        "2020-01-01",
-        "--end",
-        "2099-12-31",
-    ]);
+    account(db, "lab", "Lab");
+}
+
+/// Creates an account with $10 through the CLI.
+fn account(db: &common::TestDb, account: &str, name: &str) {
+    let o = Command::new(env!("CARGO_BIN_EXE_asbb"))
+        .args([
+            "account",
+            "create",
+            "--account",
+            account,
+            "--name",
+            name,
+            "--budget",
+            "10",
+            "--start",
+            "2020-01-01",
+            "--end",
+            "2099-12-31",
+        ])
+        .env("ASBB_DATABASE_URL", &db.url)
+        .env("ASBB_CONFIG", "/dev/null")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
 
 const AUTH: &str = "Authorization: Bearer s3cret\r\n";
@@ -464,26 +467,7 @@ db_test!(
     a_check_that_fails_half_written_leaves_nothing_and_spares_its_batch,
     |db| {
         ledger(&db);
-        let o = Command::new(env!("CARGO_BIN_EXE_asbb"))
-            .args([
-                "account",
-                "create",
-                "--account",
-                "bad",
-                "--name",
-                "Bad",
-                "--budget",
-                "10",
-                "--start",
-                "2020-01-01",
-                "--end",
-                "2099-12-31",
-            ])
-            .env("ASBB_DATABASE_URL", &db.url)
-            .env("ASBB_CONFIG", "/dev/null")
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        account(&db, "bad", "Bad");
         {
             use diesel::connection::SimpleConnection;
             let mut c = db.conn();
