@@ -106,31 +106,32 @@ local function json_decode(s)
 		pos = s:find("[^ \t\r\n]", pos) or (#s + 1)
 	end
 	local value
+	local escapes = { b = "\b", f = "\f", n = "\n", r = "\r", t = "\t" }
+	-- A string is taken in runs up to the next quote or backslash, not a character at a time:
+	-- the answer is decoded inside slurmctld, for every job.
 	local function str()
 		local out = {}
 		pos = pos + 1
 		while true do
-			local c = s:sub(pos, pos)
-			if c == "" then
+			local at = s:find('["\\]', pos)
+			if not at then
 				error("unterminated string")
-			elseif c == '"' then
-				pos = pos + 1
+			end
+			if at > pos then
+				out[#out + 1] = s:sub(pos, at - 1)
+			end
+			if s:sub(at, at) == '"' then
+				pos = at + 1
 				return table.concat(out)
-			elseif c == "\\" then
-				local e = s:sub(pos + 1, pos + 1)
-				local map = { b = "\b", f = "\f", n = "\n", r = "\r", t = "\t" }
-				if e == "u" then
-					local hex = s:sub(pos + 2, pos + 5)
-					local code = tonumber(hex, 16) or 63
-					out[#out + 1] = code < 128 and string.char(code) or "?"
-					pos = pos + 6
-				else
-					out[#out + 1] = map[e] or e
-					pos = pos + 2
-				end
+			end
+			local e = s:sub(at + 1, at + 1)
+			if e == "u" then
+				local code = tonumber(s:sub(at + 2, at + 5), 16) or 63
+				out[#out + 1] = code < 128 and string.char(code) or "?"
+				pos = at + 6
 			else
-				out[#out + 1] = c
-				pos = pos + 1
+				out[#out + 1] = escapes[e] or e
+				pos = at + 2
 			end
 		end
 	end
