@@ -57,13 +57,18 @@ pub const RESTART_WAIT: Duration = Duration::from_millis(10);
 
 /// The WAL length, in pages, past which the checkpointer that could not restart the WAL asks
 /// the writer to ([`between_transactions`]), for the usual restart length.
-pub const WRITER_RESTART_PAGES: i64 = 3 * WAL_AUTOCHECKPOINT_PAGES;
+pub const WRITER_RESTART_PAGES: i64 = writer_restart_pages(WAL_AUTOCHECKPOINT_PAGES);
 
 /// Past which length the checkpointer asks the writer to restart the WAL, when it restarts
 /// it itself at `restart_pages`: three times that, and at most half the length at which the
 /// writer checkpoints by itself.
-fn writer_restart_pages(restart_pages: i64) -> i64 {
-    (3 * restart_pages).min(WRITER_FALLBACK_PAGES / 2)
+const fn writer_restart_pages(restart_pages: i64) -> i64 {
+    let limit = WRITER_FALLBACK_PAGES / 2;
+    if 3 * restart_pages < limit {
+        3 * restart_pages
+    } else {
+        limit
+    }
 }
 
 /// How long a writer's restart in [`between_transactions`] waits for readers of the WAL.
@@ -501,10 +506,7 @@ mod tests {
     // restarts at 30,000, and its writer's limit is unchanged.
     #[test]
     fn a_checkpointer_restarting_at_a_longer_wal_leaves_a_shorter_one_alone() {
-        assert_eq!(
-            writer_restart_pages(WAL_AUTOCHECKPOINT_PAGES),
-            WRITER_RESTART_PAGES
-        );
+        assert_eq!(WRITER_RESTART_PAGES, 3 * WAL_AUTOCHECKPOINT_PAGES);
         assert_eq!(writer_restart_pages(40_000), WRITER_FALLBACK_PAGES / 2);
         let dir = tempfile::tempdir().unwrap();
         let url = DbUrl::Sqlite(dir.path().join("t.db"));
