@@ -7,8 +7,9 @@ priced and held by asbb before slurmctld accepts it:
   * the job's account (SLURM's default account, else `default_account` below), partition (the
     default partition when none is given), nodes, CPUs, memory, GPUs (gres/TRES), time limit
     (the partition's default or maximum when none is given), array size and heterogeneous
-    component are validated and sent to asbb-checkd (POST /api/v1/budget/check) with curl, or
-    to `asbb check --json`, under a hard timeout;
+    component are validated and sent to asbb-checkd (POST /api/v1/budget/check) over one
+    connection kept open between checks (luasocket; curl when it is missing), or to
+    `asbb check --json`, under a hard timeout;
   * allowed: the hold id is written into the job's AdminComment (`asbb:hold-17`), which users
     cannot change; the jobcomp hook reads it back when the job ends;
   * denied: the job is refused and sbatch shows the reason;
@@ -423,6 +424,81 @@ local function read_file(path)
 	return t
 end
 
+-- The connection to asbb-checkd, kept open between checks: slurmctld runs this script for one
+-- job at a time, and a kept connection spares each check a TCP handshake and asbb-checkd a
+-- hand-over to a worker. asbb-checkd closes a connection idle for 2 s, and one it had before a
+-- restart is gone: a kept connection found closed is replaced before the check is sent, and a
+-- check that fails on a kept connection is sent once more on a new one, within the same
+-- deadline. That is safe: it carries the same request_id, so asbb-checkd answers a check it
+-- had received with its first answer and holds nothing twice.
+local kept = nil -- { sock = the connection, peer = "host:port" }
+
+local function drop_kept()
+	if kept then
+		kept.sock:close()
+		kept = nil
+	end
+end
+
+-- Reads one HTTP answer (status line, headers, a Content-Length body, or to the end when the
+-- answer has none). Returns the status, the body and whether the server keeps the connection
+-- open, or nil, why, and whether nothing at all had arrived.
+local function read_answer(c, deadline)
+	local function left()
+		return math.max(deadline - socket.gettime(), 0.001)
+	end
+	c:settimeout(left())
+	local line, err = c:receive("*l")
+	if not line then
+		return nil, err, true
+	end
+	local status = tonumber(line:match("^HTTP/1%.%d (%d%d%d)"))
+	if not status then
+		return nil, "not an HTTP answer", false
+	end
+	local length, keep = nil, true
+	while true do
+		c:settimeout(left())
+		line, err = c:receive("*l")
+		if not line then
+			return nil, "the answer broke off (" .. tostring(err) .. ")", false
+		end
+		if line == "" then
+			break
+		end
+		local name, value = line:match("^([^:]+):%s*(.-)%s*$")
+		name = name and name:lower()
+		if name == "content-length" then
+			length = tonumber(value)
+		elseif name == "connection" and value:lower():find("close") then
+			keep = false
+		end
+	end
+	if length then
+		c:settimeout(left())
+		local body, e = c:receive(length)
+		if not body then
+			return nil, "the answer broke off (" .. tostring(e) .. ")", false
+		end
+		return status, body, keep
+	end
+	local parts = {}
+	while true do
+		c:settimeout(left())
+		local data, e, partial = c:receive(8192)
+		local got = data or partial
+		if got and #got > 0 then
+			parts[#parts + 1] = got
+		end
+		if e == "closed" then
+			break
+		elseif e then
+			return nil, "the answer broke off (" .. tostring(e) .. ")", false
+		end
+	end
+	return status, table.concat(parts), false
+end
+
 -- One POST over a plain socket, every step within the same deadline. Returns the status and
 -- the body, or nil and why.
 local function post_socket(cfg, body, timeout)
@@ -435,53 +511,74 @@ local function post_socket(cfg, body, timeout)
 		return nil, "url must be http://HOST[:PORT]/PATH"
 	end
 	local deadline = socket.gettime() + timeout
-	local c = socket.tcp()
-	c:settimeout(timeout)
-	local ok, err = c:connect(host, tonumber(port))
-	if not ok then
-		c:close()
-		return nil, "cannot connect to " .. cfg.url .. ": " .. tostring(err)
-	end
 	local auth = ""
 	if cfg.header_file ~= "" then
 		local h = read_file(cfg.header_file)
 		if not h then
-			c:close()
 			return nil, "cannot read header_file " .. cfg.header_file
 		end
 		auth = h:gsub("%s+$", "") .. "\r\n"
 	end
 	local req = "POST " .. path .. " HTTP/1.1\r\nHost: " .. host .. "\r\nContent-Type: application/json\r\n"
-		.. auth .. "Content-Length: " .. #body .. "\r\nConnection: close\r\n\r\n" .. body
-	c:settimeout(math.max(deadline - socket.gettime(), 0.001))
-	ok, err = c:send(req)
-	if not ok then
-		c:close()
-		return nil, "cannot send the check: " .. tostring(err)
+		.. auth .. "Content-Length: " .. #body .. "\r\nConnection: keep-alive\r\n\r\n" .. body
+	local peer = host .. ":" .. tostring(port)
+	if kept and kept.peer ~= peer then
+		drop_kept()
 	end
-	local parts = {}
-	while true do
+	if kept then
+		-- Nothing is due on an idle connection: if it reads, asbb-checkd has closed it.
+		local readable = socket.select({ kept.sock }, nil, 0)
+		if readable and #readable > 0 then
+			drop_kept()
+		end
+	end
+	for attempt = 1, 2 do
+		local c, reused = nil, kept ~= nil
+		if reused then
+			c = kept.sock
+			kept = nil
+		else
+			c = socket.tcp()
+			c:settimeout(math.max(deadline - socket.gettime(), 0.001))
+			local ok, err = c:connect(host, tonumber(port))
+			if not ok then
+				c:close()
+				return nil, "cannot connect to " .. cfg.url .. ": " .. tostring(err)
+			end
+			c:setoption("tcp-nodelay", true)
+		end
 		c:settimeout(math.max(deadline - socket.gettime(), 0.001))
-		local data, e, partial = c:receive(8192)
-		local got = data or partial
-		if got and #got > 0 then
-			parts[#parts + 1] = got
+		local ok, err = c:send(req)
+		local status, rbody, third
+		if ok then
+			-- An answer: status, body, whether the connection stays open. None: nil, why,
+			-- whether nothing at all had arrived.
+			status, rbody, third = read_answer(c, deadline)
+		else
+			rbody, third = "cannot send the check: " .. tostring(err), true
 		end
-		if e == "closed" then
-			break
-		elseif e then
-			c:close()
-			return nil, "no answer within " .. timeout .. " s (" .. tostring(e) .. ")"
+		if status then
+			if third then
+				kept = { sock = c, peer = peer }
+			else
+				c:close()
+			end
+			return status, rbody
+		end
+		c:close()
+		if rbody == "timeout" then
+			return nil, "no answer within " .. timeout .. " s (timeout)"
+		end
+		-- A kept connection that asbb-checkd closed just as the check went out: once more, on
+		-- a new one.
+		if not (reused and third and attempt == 1) then
+			if third and ok then
+				return nil, "no answer (" .. tostring(rbody) .. ")"
+			end
+			return nil, rbody
 		end
 	end
-	c:close()
-	local resp = table.concat(parts)
-	local status = tonumber(resp:match("^HTTP/1%.%d (%d%d%d)"))
-	local rbody = resp:match("\r\n\r\n(.*)$")
-	if not status then
-		return nil, "not an HTTP answer"
-	end
-	return status, rbody or ""
+	return nil, "no answer"
 end
 
 -- Returns the decoded answer and the HTTP status, or nil and why it failed.
