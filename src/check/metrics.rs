@@ -36,6 +36,9 @@ pub struct Metrics {
     requests: Mutex<BTreeMap<u16, u64>>,
     /// What the checkpointer of the SQLite WAL did, when there is one.
     pub wal: OnceLock<Arc<WalStats>>,
+    /// Restarts of the SQLite WAL the writer did itself between two commits, asked by the
+    /// checkpointer that never found it pausing.
+    pub writer_restarts: AtomicU64,
 }
 
 fn seconds(us: u64) -> String {
@@ -132,10 +135,11 @@ impl Metrics {
         if let Some(w) = self.wal.get() {
             let _ = writeln!(
                 out,
-                "# HELP asbb_check_wal_checkpoints_total Checkpoints of the SQLite WAL run beside the writer.\n# TYPE asbb_check_wal_checkpoints_total counter\nasbb_check_wal_checkpoints_total {}\n# HELP asbb_check_wal_restarts_total Of those, checkpoints that made the WAL start over.\n# TYPE asbb_check_wal_restarts_total counter\nasbb_check_wal_restarts_total {}\n# HELP asbb_check_wal_frames Frames in the WAL at the last checkpoint.\n# TYPE asbb_check_wal_frames gauge\nasbb_check_wal_frames {}",
+                "# HELP asbb_check_wal_checkpoints_total Checkpoints of the SQLite WAL run beside the writer.\n# TYPE asbb_check_wal_checkpoints_total counter\nasbb_check_wal_checkpoints_total {}\n# HELP asbb_check_wal_restarts_total Of those, checkpoints that made the WAL start over.\n# TYPE asbb_check_wal_restarts_total counter\nasbb_check_wal_restarts_total {}\n# HELP asbb_check_wal_frames Frames in the WAL at the last checkpoint.\n# TYPE asbb_check_wal_frames gauge\nasbb_check_wal_frames {}\n# HELP asbb_check_wal_writer_restarts_total Restarts of the WAL the writer did itself between two commits, because the checkpointer never found it pausing (each holds the next commit up).\n# TYPE asbb_check_wal_writer_restarts_total counter\nasbb_check_wal_writer_restarts_total {}",
                 w.checkpoints.load(Ordering::Relaxed),
                 w.restarts.load(Ordering::Relaxed),
-                w.frames.load(Ordering::Relaxed)
+                w.frames.load(Ordering::Relaxed),
+                self.writer_restarts.load(Ordering::Relaxed)
             );
         }
         match holds {
@@ -194,7 +198,9 @@ mod tests {
         w.checkpoints.fetch_add(3, Ordering::Relaxed);
         w.frames.store(120, Ordering::Relaxed);
         m.wal.set(w).unwrap();
+        m.writer_restarts.fetch_add(2, Ordering::Relaxed);
         let t = m.render(None);
+        assert!(t.contains("asbb_check_wal_writer_restarts_total 2"), "{t}");
         assert!(t.contains("asbb_check_wal_checkpoints_total 3"), "{t}");
         assert!(t.contains("asbb_check_wal_restarts_total 0"), "{t}");
         assert!(t.contains("asbb_check_wal_frames 120"), "{t}");

@@ -797,9 +797,18 @@ fn write_loop(
         if let Some(c) = conn.as_mut() {
             // The next batch waits meanwhile, but only when the checkpointer could not restart
             // a long WAL because this writer never paused.
-            if let Err(e) = db::checkpoint::between_transactions(c) {
-                tracing::warn!("restarting the WAL failed: {e}");
-                conn = None;
+            match db::checkpoint::between_transactions(c) {
+                Ok(true) => {
+                    shared
+                        .metrics
+                        .writer_restarts
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!("restarting the WAL failed: {e}");
+                    conn = None;
+                }
             }
         }
     }

@@ -146,23 +146,28 @@ fn restart_waiting_at_most(
 /// restart a long WAL because this writer never paused, restarts it here, where no write is in
 /// the way (copying back only what was committed since the checkpointer's last pass, and
 /// waiting at most a tenth of a second for readers). Otherwise (and on PostgreSQL) nothing; the
-/// check costs an atomic load.
-pub fn between_transactions(conn: &mut DbConn) -> Result<(), diesel::result::Error> {
+/// check costs an atomic load. Returns whether it restarted the WAL (for `/metrics`: a restart
+/// holds the writer up for tens of milliseconds on a virtual disk).
+pub fn between_transactions(conn: &mut DbConn) -> Result<bool, diesel::result::Error> {
     let DbConn::Sqlite(c) = conn else {
-        return Ok(());
+        return Ok(false);
     };
     if !ANY_RESTART_WANTED.load(Ordering::Acquire) {
-        return Ok(());
+        return Ok(false);
     }
     let file = database_file(c)?;
     if !take_restart(&file) {
-        return Ok(());
+        return Ok(false);
     }
-    if restart_waiting_at_most(conn, WRITER_RESTART_WAIT)?.is_some_and(|s| s.busy) {
-        // A reader was still in the WAL: ask again after the next transaction.
-        want_restart(&file);
+    match restart_waiting_at_most(conn, WRITER_RESTART_WAIT)? {
+        Some(s) if s.busy => {
+            // A reader was still in the WAL: ask again after the next transaction.
+            want_restart(&file);
+            Ok(false)
+        }
+        Some(_) => Ok(true),
+        None => Ok(false),
     }
-    Ok(())
 }
 
 /// How [`wal_checkpoint`] copies the WAL back into the SQLite database file.
@@ -445,10 +450,11 @@ mod tests {
         let (dir, mut w, c) = writer_beside_a_checkpointer();
         let wal = dir.path().join("t.db-wal");
         let mut longest = 0;
+        let mut restarted = 0;
         // Long transactions with short gaps, as a reconcile's batches.
         for _ in 0..100 {
             commit_pages(&mut w, 1000);
-            between_transactions(&mut w).unwrap();
+            restarted += u32::from(between_transactions(&mut w).unwrap());
             // The WAL file never shrinks: its length is the longest the WAL has been.
             longest = std::fs::metadata(&wal).map_or(0, |m| m.len());
         }
@@ -458,6 +464,7 @@ mod tests {
             frames < 2 * WRITER_RESTART_PAGES,
             "the WAL grew to {frames} frames"
         );
+        assert!(restarted > 0, "the writer never restarted the WAL itself");
     }
 
     // A writer that commits without pause, 12,000 pages in all: more than the length at which
