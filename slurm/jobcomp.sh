@@ -49,9 +49,10 @@ fail() {
 
 # The record is built in `out`, a field at a time.
 out=""
-# A number SLURM set (NO_VAL 4294967294 and INFINITE 4294967295 mean "not set").
+# A number SLURM set (NO_VAL 4294967294 and INFINITE 4294967295 mean "not set"), as JSON
+# writes numbers (no leading zeros).
 num() {
-    if [[ $1 =~ ^[0-9]+$ && ${#1} -le 10 && $1 -lt 4294967294 ]]; then out+=$1; else out+=null; fi
+    if [[ $1 =~ ^(0|[1-9][0-9]{0,9})$ && $1 -lt 4294967294 ]]; then out+=$1; else out+=null; fi
 }
 # A JSON string: backslash and quote escaped, control characters dropped.
 str() {

@@ -217,6 +217,17 @@ fn a_job_that_ran_keeps_its_start_and_odd_names_are_escaped() {
         "quotes and backslashes kept, control characters dropped"
     );
     assert_eq!(json["cpus"], 4);
+    // NO_VAL and INFINITE mean "not set"; a number JSON cannot spell is not passed on.
+    for (procs, want) in [
+        ("4294967294", Value::Null),
+        ("4294967295", Value::Null),
+        ("007", Value::Null),
+        ("0", Value::from(0)),
+    ] {
+        let site = Site::new(Some("c1"), "JobId=77\n");
+        site.run(&with(cancelled_pending(), &[("PROCS", procs)]));
+        assert_eq!(site.record().1["cpus"], want, "PROCS={procs}");
+    }
 }
 
 #[test]
