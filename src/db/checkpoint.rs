@@ -5,7 +5,8 @@
 //! commit it copies thousands of pages back into the database file, and whatever waits for the
 //! commit (the checks of a group commit, the next batch of a reconcile) waits for that too. The
 //! [`Checkpointer`] does the copying on a thread and connection of its own instead, every
-//! quarter of a second, while the writer goes on: a passive checkpoint never blocks a writer.
+//! quarter of a second (asbb-checkd: every second), while the writer goes on: a passive
+//! checkpoint never blocks a writer.
 //! The writer then only checkpoints if the WAL grows ten times past the usual length
 //! ([`WRITER_FALLBACK_PAGES`], e.g. when the checkpointer cannot connect), so the WAL stays
 //! bounded whatever happens.
