@@ -6,7 +6,8 @@
 //!    inside open write transactions of 100 checks, so the figure is the decision and not the
 //!    disk sync; and per check with its own commit (`synchronous=full`), timed with the
 //!    commit and its sync, which is what one check costs alone. Baseline: the same on a
-//!    ledger of 10 accounts.
+//!    ledger of 10 accounts. On SQLite also the pages (WAL frames) a check writes, alone and
+//!    eight to a commit: what the disk syncs and the checkpointer copies back.
 //! 2. **asbb-checkd over loopback**, 16 concurrent clients on kept-alive connections, each
 //!    sending checks for random accounts, to a server with as many workers as clients (the
 //!    default `check.workers` is 4): throughput and p50/p99/p99.9/max latency with group commit
@@ -162,15 +163,16 @@ fn stats(mut v: Vec<Duration>) -> Stats {
     }
 }
 
-/// Checks in process: in transactions of 100 (the decision: each check timed inside the
-/// transaction) or one commit each (each timed with its commit and sync).
-fn decisions(conn: &mut DbConn, accounts: usize, n: usize, batched: bool) -> Result<Stats> {
+/// Checks in process, `per_commit` to a transaction: with more than one, each check is timed
+/// inside the transaction (the decision); with one, each is timed with its commit and sync.
+fn decisions(conn: &mut DbConn, accounts: usize, n: usize, per_commit: usize) -> Result<Stats> {
     let p = pricing();
+    let batched = per_commit > 1;
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ accounts as u64);
     let mut times = Vec::with_capacity(n);
     let mut done = 0;
     while done < n {
-        let k = if batched { 100.min(n - done) } else { 1 };
+        let k = per_commit.min(n - done);
         let started = Instant::now();
         let r = asbb::db::write_transaction(conn, |c| {
             for _ in 0..k {
@@ -196,6 +198,30 @@ fn decisions(conn: &mut DbConn, accounts: usize, n: usize, batched: bool) -> Res
         done += k;
     }
     Ok(stats(times))
+}
+
+/// The pages (WAL frames) checks on random accounts write, per check, in commits of
+/// `per_commit`: what each commit has the disk sync and the checkpointer copy back. Counted
+/// from the WAL's length, with SQLite's own checkpoints off meanwhile so that it keeps every
+/// frame (the caller drops the connection afterwards, which checkpoints it).
+fn wal_pages(
+    conn: &mut DbConn,
+    wal: &std::path::Path,
+    accounts: usize,
+    per_commit: usize,
+) -> Result<f64> {
+    let n = 2_000 / per_commit * per_commit;
+    asbb::db::checkpoint::set_wal_autocheckpoint(conn, 0)?;
+    if let DbConn::Sqlite(c) = conn {
+        c.batch_execute("PRAGMA wal_checkpoint(TRUNCATE)")?;
+    }
+    decisions(conn, accounts, n, per_commit)?;
+    let bytes = std::fs::read(wal).with_context(|| format!("reading {}", wal.display()))?;
+    // The WAL header is 32 bytes (the page size at offset 8); each frame a 24-byte header
+    // and a page.
+    let page = u32::from_be_bytes(bytes[8..12].try_into()?) as usize;
+    let frames = (bytes.len() - 32) / (page + 24);
+    Ok(frames as f64 / n as f64)
 }
 
 /// `n` HTTP requests from each of `clients` threads; returns (requests/s, stats).
@@ -372,8 +398,8 @@ fn backend(label: &str, url: DbUrl, p: &Params) -> Result<()> {
     };
     if let DbUrl::Sqlite(_) = small_url {
         let mut small = ledger(&small_url, 10)?;
-        let base = decisions(&mut small, 10, p.decisions, true)?;
-        let full = decisions(&mut conn, p.accounts, p.decisions, true)?;
+        let base = decisions(&mut small, 10, p.decisions, 100)?;
+        let full = decisions(&mut conn, p.accounts, p.decisions, 100)?;
         line("decision, 10 accounts (baseline)", &base);
         line(&format!("decision, {} accounts", p.accounts), &full);
         println!(
@@ -381,11 +407,19 @@ fn backend(label: &str, url: DbUrl, p: &Params) -> Result<()> {
             full.p99_ms / base.p99_ms
         );
     } else {
-        let full = decisions(&mut conn, p.accounts, p.decisions, true)?;
+        let full = decisions(&mut conn, p.accounts, p.decisions, 100)?;
         line(&format!("decision, {} accounts", p.accounts), &full);
     }
-    let alone = decisions(&mut conn, p.accounts, p.decisions / 10 + 1, false)?;
+    let alone = decisions(&mut conn, p.accounts, p.decisions / 10 + 1, 1)?;
     line("one check with its own commit and sync", &alone);
+    if let DbUrl::Sqlite(path) = &url {
+        let wal = path.with_extension("db-wal");
+        let one = wal_pages(&mut conn, &wal, p.accounts, 1)?;
+        let eight = wal_pages(&mut conn, &wal, p.accounts, 8)?;
+        println!(
+            "  pages a check writes (WAL frames), committed alone / 8 to a commit: {one:.2} / {eight:.2}"
+        );
+    }
     drop(conn);
 
     // Group commit as asbb-checkd runs it (on SQLite the WAL synced by a thread of its own

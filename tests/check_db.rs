@@ -312,7 +312,7 @@ db_test!(corrections_are_learned_from_reconciled_runs, |db| {
             },
         )
         .unwrap();
-        // What reconcile records for a run: its hold and when it was booked.
+        // What reconcile records for a run: its hold, what it was booked to, and when.
         diesel::insert_into(asbb::db::schema::cost_records::table)
             .values((
                 asbb::db::schema::cost_records::run_key.eq(format!("{}#0", 100 + i)),
@@ -324,6 +324,8 @@ db_test!(corrections_are_learned_from_reconciled_runs, |db| {
                 asbb::db::schema::cost_records::content_digest.eq("x"),
                 asbb::db::schema::cost_records::status.eq("charged"),
                 asbb::db::schema::cost_records::hold_id.eq(Some(h.id)),
+                asbb::db::schema::cost_records::charged_account.eq(Some("lab")),
+                asbb::db::schema::cost_records::charged_partition.eq(Some("aws")),
                 asbb::db::schema::cost_records::received_at
                     .eq(asbb::domain::time::to_naive(at(3).effective_at)),
                 asbb::db::schema::cost_records::reconciled_at

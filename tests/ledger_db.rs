@@ -14,7 +14,7 @@ use asbb::domain::{
     AccountName, AccountStatus, DenyReason, EntryKind, HoldState, PartitionName, UsdMicros,
 };
 use chrono::{DateTime, Duration, TimeZone, Utc};
-use common::{query_plan, Backend, TestDb};
+use common::{index_columns, query_plan, Backend, TestDb};
 use diesel::connection::SimpleConnection;
 use rust_decimal::Decimal;
 
@@ -1669,9 +1669,13 @@ db_test!(audit_detects_a_moved_or_unlinked_hold, |db| {
         .iter()
         .map(|d| (d.account.as_str(), d.kind, d.hold_id))
         .collect();
+    // The open hold it lost also leaves alpha's cached count of open holds one too high.
     assert_eq!(
         found,
-        [("alpha", "hold_mismatch", Some(h))],
+        [
+            ("alpha", "hold_mismatch", Some(h)),
+            ("alpha", "count_mismatch", None)
+        ],
         "{:#?}",
         report.discrepancies
     );
@@ -1747,6 +1751,19 @@ db_test!(audit_detects_a_deleted_entry, |db| {
 // Schema
 
 /// The migrations this build knows, oldest first (read from a fully migrated database).
+/// Reverts migrations, newest first, up to and including `version` (its directory's date and
+/// number, as in `migrations/`).
+fn revert_through(conn: &mut DbConn, version: &str) {
+    let digits: String = version.chars().filter(char::is_ascii_digit).collect();
+    assert!(
+        known_versions(conn)
+            .iter()
+            .any(|v| v.replace('-', "") == digits),
+        "no migration {version}"
+    );
+    while asbb::db::revert_last(conn).unwrap().replace('-', "") != digits {}
+}
+
 fn known_versions(conn: &mut DbConn) -> Vec<String> {
     let status = asbb::db::schema_status(conn).unwrap();
     assert!(
@@ -1963,40 +1980,167 @@ db_test!(batches_share_one_commit_and_isolate_failures, |db| {
     assert_audit_clean(&mut conn);
 });
 
-// An account's open holds are counted (`account show`, `account close`) through the partial
-// index of open holds (see the migration account_counts_open_holds); without it they would
-// read every hold the account ever had.
+// An account's open holds are counted on its row by every change of a hold's state (placed,
+// an array task's charge that is not the last, the last charge, release, expiry, a batch of
+// charges), recounted by the audit, and filled in by the migration that added the counter.
+// Listing them reads the open entries of `holds_state_expires`; no index of holds is keyed by
+// account, since a check would write it at a random place.
+db_test!(open_hold_counts_are_cached_audited_and_backfilled, |db| {
+    let mut conn = db.conn();
+    create(&mut conn, "proj-a", "1000");
+    create(&mut conn, "proj-b", "1000");
+    let open_of = |conn: &mut DbConn, a: &str| {
+        let cached = queries::activity(conn, a).unwrap().open_holds;
+        let listed = queries::holds(conn, Some(a), Some(HoldState::Open), None)
+            .unwrap()
+            .len();
+        assert_eq!(cached, listed as i64, "{a}: cached and listed open holds");
+        cached
+    };
+    let h1 = place(&mut conn, &ctx(), &hold_req("proj-a", "10", "o-h1"));
+    let array = place(
+        &mut conn,
+        &ctx(),
+        &HoldRequest {
+            tasks: Some(2),
+            ..hold_req("proj-a", "20", "o-h2")
+        },
+    );
+    let h3 = place(&mut conn, &ctx(), &hold_req("proj-a", "5", "o-h3"));
+    let h4 = place(
+        &mut conn,
+        &ctx(),
+        &HoldRequest {
+            expires_at: Some(day(2, 0)),
+            ..hold_req("proj-a", "5", "o-h4")
+        },
+    );
+    let b1 = place(&mut conn, &ctx(), &hold_req("proj-b", "5", "o-b1"));
+    place(&mut conn, &ctx(), &hold_req("proj-b", "5", "o-b2"));
+    assert_eq!(
+        [open_of(&mut conn, "proj-a"), open_of(&mut conn, "proj-b")],
+        [4, 2]
+    );
+    charge(&mut conn, h1.id, "4", "o-c1");
+    assert_eq!(open_of(&mut conn, "proj-a"), 3);
+    // The array's first task leaves it open; its last resolves it.
+    charge(&mut conn, array.id, "3", "o-c2");
+    assert_eq!(open_of(&mut conn, "proj-a"), 3);
+    ledger::release_hold(&mut conn, &ctx(), h3.id, "", "o-r3").unwrap();
+    assert_eq!(open_of(&mut conn, "proj-a"), 2);
+    ledger::expire_hold(&mut conn, &ctx_at(day(3, 0)), h4.id, "o-e4").unwrap();
+    assert_eq!(open_of(&mut conn, "proj-a"), 1);
+    let batch = [
+        BatchCharge {
+            target: BatchTarget::Hold(ChargeHold {
+                hold_id: array.id,
+                actual: usd("3"),
+                job_id: None,
+                reason: "",
+                key: "o-c2b",
+            }),
+            refund: None,
+        },
+        BatchCharge {
+            target: BatchTarget::Hold(ChargeHold {
+                hold_id: b1.id,
+                actual: usd("1"),
+                job_id: None,
+                reason: "",
+                key: "o-cb1",
+            }),
+            refund: None,
+        },
+    ];
+    assert!(matches!(
+        ledger::charge_batch(&mut conn, &ctx(), &batch).unwrap(),
+        BatchResult::Booked(b) if b.len() == 2
+    ));
+    assert_eq!(
+        [open_of(&mut conn, "proj-a"), open_of(&mut conn, "proj-b")],
+        [0, 1]
+    );
+    // Replays change nothing.
+    charge(&mut conn, h1.id, "4", "o-c1");
+    ledger::release_hold(&mut conn, &ctx(), h3.id, "", "o-r3").unwrap();
+    assert_eq!(
+        [open_of(&mut conn, "proj-a"), open_of(&mut conn, "proj-b")],
+        [0, 1]
+    );
+    assert_audit_clean(&mut conn);
+    let states = |conn: &mut DbConn, a: &str, s: HoldState| {
+        queries::holds(conn, Some(a), Some(s), None)
+            .unwrap()
+            .iter()
+            .map(|h| h.id)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        states(&mut conn, "proj-a", HoldState::Charged),
+        [array.id, h1.id]
+    );
+    assert_eq!(states(&mut conn, "proj-a", HoldState::Expired), [h4.id]);
+    let plan = query_plan(
+        &mut conn,
+        "SELECT id FROM holds WHERE state = 'open' AND account_id = 2",
+    );
+    assert!(
+        plan.iter().any(|l| l.contains("holds_state_expires")),
+        "plan: {plan:?}"
+    );
+
+    // The migration that added the counter fills it in from the holds.
+    let newest = known_versions(&mut conn).pop().unwrap();
+    assert_eq!(asbb::db::revert_last(&mut conn).unwrap(), newest);
+    asbb::db::migrate(&mut conn).unwrap();
+    let mut conn = db.conn();
+    assert_eq!(
+        [open_of(&mut conn, "proj-a"), open_of(&mut conn, "proj-b")],
+        [0, 1]
+    );
+    assert_audit_clean(&mut conn);
+
+    // A wrong counter is found by the audit, and does not let an account with an open hold
+    // be closed.
+    conn.batch_execute("UPDATE accounts SET open_hold_count = 0 WHERE name = 'proj-b'")
+        .unwrap();
+    let report = audit::verify(&mut conn, None, &mut |_| {}).unwrap();
+    assert_eq!(report.discrepancies.len(), 1, "{:#?}", report.discrepancies);
+    let d = &report.discrepancies[0];
+    assert_eq!((d.account.as_str(), d.kind), ("proj-b", "count_mismatch"));
+    assert!(
+        d.detail
+            .contains("open holds: the holds have 1, the account says 0"),
+        "{}",
+        d.detail
+    );
+    let err = ledger::close_account(&mut conn, &ctx(), "proj-b", "done").unwrap_err();
+    assert!(err.to_string().contains("open holds (hold-"), "{err}");
+});
+
+// What a submission check writes (a hold, its journal entry, a check row) takes no index
+// keyed by account but the journal's: each such index costs every check a page at a random
+// place, since accounts interleave (see the migration check_write_path).
 db_test!(
-    open_hold_counts_read_the_partial_index_of_open_holds,
+    a_check_writes_no_index_keyed_by_account_but_the_journals,
     |db| {
         let mut conn = db.conn();
-        create(&mut conn, "proj-a", "1000");
-        let h = place(&mut conn, &ctx(), &hold_req("proj-a", "10", "h1"));
-        charge(&mut conn, h.id, "5", "c1");
-        place(&mut conn, &ctx(), &hold_req("proj-a", "20", "h2"));
-        let plan = query_plan(
-            &mut conn,
-            "SELECT COUNT(*) FROM holds WHERE account_id = 1 AND state = 'open'",
-        );
+        let mut seen = 0;
+        for table in ["holds", "checks"] {
+            let indexes = index_columns(&mut conn, table);
+            seen += indexes.len();
+            for (name, cols) in indexes {
+                assert!(
+                    !["account_id", "account"].contains(&cols[0].as_str()),
+                    "{table}: index {name} on {cols:?}"
+                );
+            }
+        }
+        assert!(seen >= 3, "found only {seen} indexes");
+        let journal = index_columns(&mut conn, "journal");
         assert!(
-            plan.iter().any(|l| l.contains("holds_account_open")),
-            "plan: {plan:?}"
-        );
-        assert_eq!(
-            queries::activity(&mut conn, "proj-a").unwrap().open_holds,
-            1
-        );
-        let open = queries::holds(&mut conn, Some("proj-a"), Some(HoldState::Open), None).unwrap();
-        assert_eq!(open.len(), 1);
-        assert_eq!(open[0].amount, usd("20"));
-        let charged =
-            queries::holds(&mut conn, Some("proj-a"), Some(HoldState::Charged), None).unwrap();
-        assert_eq!(charged.iter().map(|h| h.id).collect::<Vec<_>>(), [h.id]);
-        assert_eq!(
-            queries::holds(&mut conn, Some("proj-a"), None, None)
-                .unwrap()
-                .len(),
-            2
+            journal.iter().any(|(_, c)| c[0] == "account_id"),
+            "{journal:?}"
         );
     }
 );
@@ -2051,8 +2195,7 @@ db_test!(charge_counts_are_cached_audited_and_backfilled, |db| {
     assert_audit_clean(&mut conn);
 
     // The migration that added the counters fills them in from the journal.
-    let newest = known_versions(&mut conn).pop().unwrap();
-    assert_eq!(asbb::db::revert_last(&mut conn).unwrap(), newest);
+    revert_through(&mut conn, "2026-12-06-000001");
     asbb::db::migrate(&mut conn).unwrap();
     let mut conn = db.conn();
     assert_eq!(counts(&mut conn), [(5, 2, 1), (1, 0, 1)]);

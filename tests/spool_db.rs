@@ -7,11 +7,13 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use asbb::db::check::{self, CheckRequest, Pricing};
 use asbb::db::ledger::{self, HoldOutcome, HoldRequest, NewAccount, OpContext};
 use asbb::db::models::Hold;
 use asbb::db::reconcile::{self, ReconcilePolicy, RecoverPolicy, SacctJob};
 use asbb::db::spool as dbspool;
 use asbb::db::{audit, queries, DbConn};
+use asbb::domain::estimate::{History, Rates, Resources, TimeLimit};
 use asbb::domain::{AccountName, EntryKind, HoldState, UsdMicros};
 use asbb::spool::intake::{Intake, IntakeOptions, ScanReport, SpoolDirs};
 use chrono::{DateTime, TimeZone, Utc};
@@ -1195,3 +1197,105 @@ db_test!(a_backlog_is_stored_in_name_order, |db| {
     sorted.sort();
     assert_eq!(stored, sorted);
 });
+
+// The learned correction of an account and partition comes from its runs as reconcile books
+// them: a check's hold, the run's cost file, reconcile. Each key sees only its own runs, and
+// the one-key reading (`asbb check`) agrees with what asbb-checkd caches for every key.
+db_test!(
+    learned_corrections_come_from_the_runs_reconcile_booked,
+    |db| {
+        let mut conn = db.conn();
+        let s = Spool::new();
+        create(&mut conn, "physics", "1000");
+        create(&mut conn, "chem", "1000");
+        let mut pricing = Pricing::default();
+        for p in ["aws", "big"] {
+            pricing.partitions.insert(
+                p.into(),
+                Rates {
+                    cpu_hour: Decimal::new(60, 2),
+                    ..Default::default()
+                },
+            );
+        }
+        // (account, partition, first job, runs, actual cost of each run); each is estimated at
+        // 0.60 (one CPU for an hour).
+        let runs = [
+            ("physics", "aws", 100, 5, "0.75"),
+            ("chem", "aws", 200, 3, "0.30"),
+            ("physics", "big", 300, 3, "1.20"),
+        ];
+        for (account, partition, first, n, actual) in runs {
+            for job in first..first + n {
+                let a = check::check(
+                    &mut conn,
+                    &ctx_at(t(1, 2)),
+                    &pricing,
+                    &CheckRequest {
+                        account: account.into(),
+                        partition: partition.into(),
+                        resources: Resources {
+                            nodes: 1,
+                            cpus: 1,
+                            ..Default::default()
+                        },
+                        time_limit: Some(TimeLimit::Seconds(3600)),
+                        job_id: Some(job.to_string()),
+                        ..Default::default()
+                    },
+                )
+                .unwrap();
+                assert!(a.available, "{a:?}");
+                s.cost(
+                    &format!("job_{job}_cost.json"),
+                    &format!(
+                        r#"{{"job_id":"{job}","account":"{account}","actual_cost":"{actual}"}}"#
+                    ),
+                );
+            }
+        }
+        // A run charged without a hold teaches nothing.
+        s.cost(
+            "job_999_cost.json",
+            r#"{"job_id":"999","account":"physics","actual_cost":"9"}"#,
+        );
+        assert_eq!(s.scan(&mut conn, NOW_GRACE).stored, 12);
+        let rep = reconcile_at(&mut conn, t(2, 0));
+        assert_eq!((rep.charged, rep.unmatched), (11, 1));
+        let since = t(1, 0);
+        let one = |conn: &mut DbConn, a: &str, p: &str| {
+            let h = check::history(conn, a, p, since).unwrap();
+            (h.runs, h.estimated.to_string(), h.actual.to_string())
+        };
+        assert_eq!(
+            one(&mut conn, "physics", "aws"),
+            (5, "3.00".into(), "3.75".into())
+        );
+        assert_eq!(
+            one(&mut conn, "chem", "aws"),
+            (3, "1.80".into(), "0.90".into())
+        );
+        assert_eq!(
+            one(&mut conn, "physics", "big"),
+            (3, "1.80".into(), "3.60".into())
+        );
+        assert_eq!(
+            one(&mut conn, "chem", "big"),
+            (0, "0.00".into(), "0.00".into())
+        );
+        let all = check::histories(&mut conn, since).unwrap();
+        assert_eq!(all.len(), 3, "{all:?}");
+        for ((a, p), h) in &all {
+            let single: History = check::history(&mut conn, a, p, since).unwrap();
+            assert_eq!(&single, h, "{a}/{p}");
+        }
+        // Reconciled before the window: forgotten.
+        assert_eq!(
+            check::history(&mut conn, "physics", "aws", t(3, 0))
+                .unwrap()
+                .runs,
+            0
+        );
+        assert_clean(&mut conn);
+    }
+);

@@ -2,10 +2,10 @@
 //!
 //! For each account, in one consistent snapshot: the hash chain is recomputed from the genesis
 //! hash; sequence numbers must be gapless; each entry's effect must obey the rules of its kind;
-//! the sums of effects must equal the cached balances of the account and of each partition, and
-//! its charge entries the cached charge counts; and
-//! every hold must agree with its entries (one hold entry, at most one resolution, nothing left
-//! held once resolved).
+//! the sums of effects must equal the cached balances of the account and of each partition,
+//! its charge entries the cached charge counts, and its open holds the cached open-hold count;
+//! and every hold must agree with its entries (one hold entry, at most one resolution, nothing
+//! left held once resolved).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -571,6 +571,21 @@ fn verify_account_in_snapshot(
                 h.state, t.charges, t.releases, t.expiries
             ));
         }
+    }
+    let open = hold_rows
+        .iter()
+        .filter(|h| h.state() == HoldState::Open)
+        .count() as i64;
+    if open != acct.open_holds {
+        found(
+            "count_mismatch",
+            None,
+            None,
+            format!(
+                "open holds: the holds have {open}, the account says {}",
+                acct.open_holds
+            ),
+        );
     }
     for (hold_id, _) in tallies {
         found(

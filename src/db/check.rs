@@ -845,7 +845,13 @@ fn history_rows(
         .filter(cost_records::reconciled_at.ge(to_naive(since)))
         .into_boxed();
     if let Some((account, partition)) = key {
+        // Found among the charged runs (`cost_records_charged_key`): a run charged against a
+        // check's hold is booked to that check's account and partition, and no index of the
+        // checks is keyed by them (a check would write it at a random place).
         q = q
+            .filter(cost_records::hold_id.is_not_null())
+            .filter(cost_records::charged_account.eq(account))
+            .filter(cost_records::charged_partition.eq(partition))
             .filter(checks::account.eq(account))
             .filter(checks::partition.eq(partition));
     }

@@ -468,6 +468,7 @@ const UPDATE_ACCOUNT_BALANCES: &[&str] = &[
     ", charge_count = ",
     ", overrun_count = ",
     ", unmatched_count = ",
+    ", open_hold_count = ",
     " WHERE id = ",
     "",
 ];
@@ -570,6 +571,7 @@ fn save_account(
             bind::<BigInt, _>(acct.counts.charges),
             bind::<BigInt, _>(acct.counts.overruns),
             bind::<BigInt, _>(acct.counts.unmatched),
+            bind::<BigInt, _>(acct.open_holds),
             bind::<BigInt, _>(acct.id),
         )
     )
@@ -887,11 +889,11 @@ pub fn close_account(
         if acct.status() == AccountStatus::Closed {
             return Ok(acct.to_record());
         }
+        // The holds themselves decide, not the cached count: read through the open entries of
+        // `holds_state_expires`, which are the holds outstanding (a rare command can afford it).
         let open: Vec<i64> = holds::table
+            .filter(holds::state.eq(HoldState::Open.as_str()))
             .filter(holds::account_id.eq(acct.id))
-            .filter(diesel::dsl::sql::<diesel::sql_types::Bool>(
-                super::queries::OPEN_HOLD_SQL,
-            ))
             .select(holds::id)
             .order(holds::id)
             .limit(10)
@@ -1351,6 +1353,7 @@ pub fn place_hold(
             .returning(holds::id)
             .get_result(c))
         .map_err(key_race(req.key))?;
+        acct.open_holds += 1;
         let reason = format!("hold of ${amount} (estimate ${} x {buffer})", req.estimate);
         let mut p = Pending::simple(EntryKind::Hold, amount, &reason, req.key, &digest)?;
         p.hold_id = Some(hold_id);
@@ -1569,6 +1572,7 @@ fn settle_hold_charge(
     };
     let charged = UsdMicros::from_stored(hold.charged_micros).checked_add(req.actual)?;
     let (left, state, resolved_at) = if last {
+        acct.open_holds -= 1;
         (0, HoldState::Charged, Some(to_naive(ctx.effective_at)))
     } else {
         (
@@ -2329,6 +2333,7 @@ fn end_hold(
         };
         let mut parts = PartitionDeltas::default();
         let row = append(conn, ctx, &mut acct, &mut parts, &p)?;
+        acct.open_holds -= 1;
         save_account(conn, ctx, &acct, parts)?;
         let state = if kind == EntryKind::Expiry {
             HoldState::Expired

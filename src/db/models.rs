@@ -32,6 +32,10 @@ pub struct AccountRow {
     /// The cached counts of the account's charge entries; `asbb audit verify` recounts them.
     #[diesel(embed)]
     pub(crate) counts: ChargeCounts,
+    /// The cached number of the account's open holds, kept by every change of a hold's state;
+    /// `asbb audit verify` recounts it from the holds.
+    #[diesel(column_name = open_hold_count)]
+    pub(crate) open_holds: i64,
 }
 
 /// How many charge entries an account has: all of them, and those flagged `overrun` or

@@ -129,7 +129,8 @@ const UPDATE_ACCOUNTS: &[&str] = &[
      charged_micros = v.charged_micros, held_micros = v.held_micros, \
      entry_count = v.entry_count, chain_head = v.chain_head, updated_at = ",
     ", charge_count = v.charge_count, overrun_count = v.overrun_count, \
-     unmatched_count = v.unmatched_count FROM unnest(",
+     unmatched_count = v.unmatched_count, open_hold_count = v.open_hold_count FROM unnest(",
+    ", ",
     ", ",
     ", ",
     ", ",
@@ -139,10 +140,10 @@ const UPDATE_ACCOUNTS: &[&str] = &[
     ", ",
     ", ",
     ") AS v(id, credited_micros, charged_micros, held_micros, entry_count, chain_head, \
-     charge_count, overrun_count, unmatched_count) WHERE a.id = v.id",
+     charge_count, overrun_count, unmatched_count, open_hold_count) WHERE a.id = v.id",
 ];
 
-/// Writes accounts' balances, chain heads and charge counts (what `UPDATE_ACCOUNT_BALANCES`
+/// Writes accounts' balances, chain heads, charge counts and open-hold counts (what `UPDATE_ACCOUNT_BALANCES`
 /// writes per account).
 pub(crate) fn update_accounts(
     c: &mut PgConnection,
@@ -165,6 +166,7 @@ pub(crate) fn update_accounts(
             bind::<Array<BigInt>, _>(column(accounts, |a| a.counts.charges)),
             bind::<Array<BigInt>, _>(column(accounts, |a| a.counts.overruns)),
             bind::<Array<BigInt>, _>(column(accounts, |a| a.counts.unmatched)),
+            bind::<Array<BigInt>, _>(column(accounts, |a| a.open_holds)),
         ),
     )
     .execute(c)

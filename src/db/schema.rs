@@ -23,6 +23,7 @@ diesel::table! {
         charge_count -> BigInt,
         overrun_count -> BigInt,
         unmatched_count -> BigInt,
+        open_hold_count -> BigInt,
     }
 }
 

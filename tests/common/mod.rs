@@ -244,3 +244,45 @@ pub fn query_plan(conn: &mut DbConn, sql: &str) -> Vec<String> {
         }
     }
 }
+
+#[derive(diesel::QueryableByName)]
+struct IndexRow {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    name: String,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    def: String,
+}
+
+/// The indexes of `table` (those declared; not the ones behind a primary key) as (name,
+/// columns in order), on either backend.
+pub fn index_columns(conn: &mut DbConn, table: &str) -> Vec<(String, Vec<String>)> {
+    use diesel::RunQueryDsl;
+    let rows: Vec<IndexRow> = match conn {
+        DbConn::Sqlite(c) => diesel::sql_query(
+            "SELECT name, sql AS def FROM sqlite_master \
+             WHERE type = 'index' AND tbl_name = ? AND sql IS NOT NULL",
+        )
+        .bind::<diesel::sql_types::Text, _>(table)
+        .load(c)
+        .unwrap(),
+        DbConn::Postgres(c) => diesel::sql_query(
+            "SELECT indexname AS name, indexdef AS def FROM pg_indexes \
+             WHERE schemaname = current_schema() AND tablename = $1 \
+             AND indexname NOT LIKE '%_pkey'",
+        )
+        .bind::<diesel::sql_types::Text, _>(table)
+        .load(c)
+        .unwrap(),
+    };
+    rows.into_iter()
+        .map(|r| {
+            let open = r.def.find('(').expect("an index lists its columns");
+            let close = open + r.def[open..].find(')').expect("a closed column list");
+            let cols = r.def[open + 1..close]
+                .split(',')
+                .map(|c| c.trim().to_string())
+                .collect();
+            (r.name, cols)
+        })
+        .collect()
+}
